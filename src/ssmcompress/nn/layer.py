@@ -1,0 +1,362 @@
+"""The diagonal state-space (DSS) layer: convolution mode and recurrent step mode.
+
+Per channel h (a SISO system with n = N/2 stored half-conjugate modes)::
+
+    x_k = lam_d * x_{k-1} + B_d u_k,      y_k = 2 Re(C x_k) + D u_k
+
+which is the causal convolution ``y = K * u + D u`` with
+``K[l] = 2 Re(sum_i C_i B_d,i lam_d,i**l)`` (see :mod:`ssmcompress.nn.kernels`).
+
+Parameters (stable names, state_dict/safetensors friendly; complex tensors are
+stored as real tensors with a trailing dimension 2, as ``torch.view_as_real``):
+
+==============  =========  ===================================================
+``log_dt``      (H,)       log step per channel
+``log_A_real``  (H, n)     ``Re(A) = -exp(log_A_real)`` (s4d, bilinear, dss-exp)
+``A_real``      (H, n)     ``Re(A)`` unconstrained (dss-softmax only)
+``A_imag``      (H, n)     ``Im(A)``
+``B``           (H, n, 2)  parameter, or a buffer when ``learn_B`` is False
+``C``           (H, n, 2)  complex output vector
+``D``           (H,)       skip connection
+==============  =========  ===================================================
+
+Optimiser grouping: ``log_dt``, ``log_A_real``/``A_real``, ``A_imag`` and a
+learnable ``B`` are the SSM parameters (S4 convention: own learning rate, no
+weight decay).  They are returned by :meth:`SSMLayer.ssm_parameters` and carry
+the attribute ``p._optim = {"weight_decay": 0.0}``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .init import INITS, initial_modes
+from .kernels import (
+    DEFAULT_MAX_ELEMENTS,
+    KERNELS,
+    check_kernel_name,
+    discrete_B,
+    discretize,
+    log_row_sum,
+    undiscretize,
+    vandermonde_kernel,
+)
+
+__all__ = ["SSMLayer"]
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_SSM_NAMES = ("log_dt", "log_A_real", "A_real", "A_imag", "B")
+
+
+def _as_complex128(x, name):
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        x = torch.as_tensor(np.asarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}.")
+    return x.detach().to("cpu", torch.complex128)
+
+
+class SSMLayer(nn.Module):
+    """Diagonal state-space layer mapping (batch, length, d_model) -> (batch, length, d_model).
+
+    Parameters
+    ----------
+    d_model : int
+        Number of channels H (independent SISO systems).
+    state_dim : int
+        Real order N per channel (even); ``N/2`` complex modes are stored.
+    kernel : {"s4d", "bilinear", "dss-exp", "dss-softmax"}
+    init : {"legs", "lin", "inv", "real", "random"}
+        Initialisation of A (and B for s4d/bilinear; DSS kernels start from B = 1).
+    l_max : int, optional
+        Sequence length the dss-softmax kernel is normalised over (required for it).
+    dt_min, dt_max : float
+        ``log_dt`` is drawn uniformly in ``[log dt_min, log dt_max]``.
+    learn_B : bool, optional
+        Whether B is trained; default True for s4d/bilinear and False (B = 1) for
+        the DSS kernels, which have no B.
+    max_kernel_elements : int
+        Bound on complex entries of the kernel's intermediate factors (attribute,
+        may be changed later); the kernel is computed mode chunk by mode chunk.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        state_dim: int = 64,
+        kernel: str = "s4d",
+        init: str = "legs",
+        l_max=None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        learn_B=None,
+        max_kernel_elements: int = DEFAULT_MAX_ELEMENTS,
+    ):
+        super().__init__()
+        check_kernel_name(kernel)
+        if init not in INITS:
+            raise ValueError(f"Unknown init {init!r}; choose one of {', '.join(sorted(INITS))}.")
+        if not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive integer, got {d_model!r}.")
+        if not isinstance(state_dim, (int, np.integer)) or state_dim < 2 or state_dim % 2:
+            raise ValueError(
+                f"state_dim must be a positive even integer (the real order, 2 per stored mode), got {state_dim!r}."
+            )
+        if kernel == "dss-softmax" and l_max is None:
+            raise ValueError("The dss-softmax kernel needs l_max, the sequence length its kernel is normalised over.")
+        if l_max is not None and (int(l_max) != l_max or l_max < 1):
+            raise ValueError(f"l_max must be a positive integer, got {l_max!r}.")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"Need 0 < dt_min <= dt_max, got dt_min={dt_min} and dt_max={dt_max}.")
+        self.d_model = H = d_model
+        self.kernel_name = kernel
+        self.init_name = init
+        self.l_max = None if l_max is None else int(l_max)
+        self.learn_B = (kernel in ("s4d", "bilinear")) if learn_B is None else bool(learn_B)
+        self.max_kernel_elements = int(max_kernel_elements)
+        self._step_cache = None
+
+        n = int(state_dim) // 2
+        A, B = initial_modes(init, int(state_dim), H)
+        if kernel.startswith("dss"):
+            B = torch.ones_like(B)
+        C = torch.randn(H, n, dtype=torch.complex128)  # standard complex normal
+        log_dt = math.log(dt_min) + torch.rand(H, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min))
+        dtype = torch.get_default_dtype()
+        self.log_dt = nn.Parameter(log_dt.to(dtype))
+        self.D = nn.Parameter(torch.randn(H, dtype=dtype))
+        self._set_modes(A, B, C)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def n_modes(self) -> int:
+        return self.A_imag.shape[-1]
+
+    @property
+    def state_dim(self) -> int:
+        return 2 * self.n_modes
+
+    @property
+    def constrained(self) -> bool:
+        """True when ``Re(A) < 0`` holds by construction (all kernels but dss-softmax)."""
+        return self.kernel_name != "dss-softmax"
+
+    def _set_modes(self, A, B, C):
+        """(Re)create the mode parameters from complex128 A, B, C of shape (H, n)."""
+        dtype = self.D.dtype
+        device = self.D.device
+        for name in ("log_A_real", "A_real", "A_imag", "B", "C"):
+            if name in self._parameters:
+                del self._parameters[name]
+            if name in self._buffers:
+                del self._buffers[name]
+        if self.constrained:
+            self.log_A_real = nn.Parameter(torch.log(-A.real).to(device, dtype))
+        else:
+            self.A_real = nn.Parameter(A.real.to(device, dtype))
+        self.A_imag = nn.Parameter(A.imag.to(device, dtype))
+        B_real = torch.view_as_real(B.to(device, _COMPLEX[torch.float64])).to(dtype)
+        if self.learn_B:
+            self.B = nn.Parameter(B_real)
+        else:
+            self.register_buffer("B", B_real)
+        self.C = nn.Parameter(torch.view_as_real(C).to(device, dtype))
+        for p in self.ssm_parameters():
+            p._optim = {"weight_decay": 0.0}
+        self._step_cache = None
+
+    def ssm_parameters(self):
+        """The SSM parameters (log_dt, A, learnable B): S4 puts them in their own optimiser group."""
+        return [p for name, p in self._parameters.items() if name in _SSM_NAMES and p is not None]
+
+    def other_parameters(self):
+        """Trainable parameters that are not SSM parameters (C and D)."""
+        ssm = {id(p) for p in self.ssm_parameters()}
+        return [p for p in self.parameters() if id(p) not in ssm]
+
+    # ------------------------------------------------------------------ systems
+    def _continuous(self):
+        """lam, B, C complex128 (H, n) and dt float64 (H,), differentiable."""
+        f64 = torch.float64
+        re = -torch.exp(self.log_A_real.to(f64)) if self.constrained else self.A_real.to(f64)
+        lam = torch.complex(re, self.A_imag.to(f64))
+        B = torch.view_as_complex(self.B.to(f64).contiguous())
+        C = torch.view_as_complex(self.C.to(f64).contiguous())
+        return lam, B, C, torch.exp(self.log_dt.to(f64))
+
+    def _discrete(self):
+        """lam_d (rounded to the layer's precision), log B_d scale, B_d core, C, all complex128."""
+        lam, B, C, dt = self._continuous()
+        lam_d, log_scale, B_core = discretize(self.kernel_name, lam, B, dt, self.l_max)
+        cdt = _COMPLEX.get(self.D.dtype, torch.complex64)
+        if cdt != torch.complex128:
+            # The recurrence multiplies by lam_d in the layer's precision: the kernel uses the
+            # powers of exactly that number, so that both modes agree over long sequences.
+            lam_d = lam_d.to(cdt).to(torch.complex128)
+            if log_scale is not None:  # dss-softmax: normalise the row of the rounded mode
+                log_scale = -log_row_sum(torch.log(lam_d), self.l_max)
+        return lam_d, log_scale, B_core, C
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """Convolution kernel (H, L) in the layer's dtype (without the D skip)."""
+        lam_d, log_scale, B_core, C = self._discrete()
+        return vandermonde_kernel(
+            C * B_core, torch.log(lam_d), int(L), self.D.dtype, log_scale, self.max_kernel_elements
+        )
+
+    def discrete_system(self):
+        """Detached ``dict(lam_d, B_d, C, D, dt)``: complex (H, n) and real (H,) tensors.
+
+        ``kernel(L)[h, l] == 2 Re(sum_i C[h,i] B_d[h,i] lam_d[h,i]**l)``; for dss-softmax
+        the normalisation over ``l_max`` is folded into ``B_d``.
+        """
+        with torch.no_grad():
+            lam_d, log_scale, B_core, C = self._discrete()
+            _, _, _, dt = self._continuous()
+            cdt = _COMPLEX.get(self.D.dtype, torch.complex64)
+            return dict(
+                lam_d=lam_d.detach().to(cdt).clone(),
+                B_d=discrete_B(log_scale, B_core).detach().to(cdt).clone(),
+                C=C.detach().to(cdt).clone(),
+                D=self.D.detach().clone(),
+                dt=dt.detach().to(self.D.dtype).clone(),
+            )
+
+    def load_discrete_system(self, lam_d, B_d, C, D):
+        """Replace the SSM by the discrete system ``(lam_d, B_d, C, D)`` (any number of modes n).
+
+        The layer keeps its ``dt`` per channel and inverts its own discretisation;
+        with a fixed B (``learn_B=False``) B becomes 1 and ``B`` is folded into C.
+        Modes with ``C * B_d == 0`` are padding and may hold any ``lam_d``.
+
+        Raises
+        ------
+        ValueError
+            On wrong shapes, non-finite values, or a system the kernel cannot
+            represent (``|lam_d| >= 1`` where ``Re(A) < 0`` is built in, ``lam_d == 1`` for dss-softmax).
+        """
+        lam_d, B_d, C = (_as_complex128(v, k) for v, k in ((lam_d, "lam_d"), (B_d, "B_d"), (C, "C")))
+        D = torch.as_tensor(np.asarray(D.detach().cpu() if isinstance(D, torch.Tensor) else D), dtype=torch.float64)
+        H = self.d_model
+        if lam_d.ndim != 2 or lam_d.shape[0] != H or lam_d.shape[1] < 1:
+            raise ValueError(f"lam_d must have shape ({H}, n) with n >= 1, got {tuple(lam_d.shape)}.")
+        for name, v in (("B_d", B_d), ("C", C)):
+            if v.shape != lam_d.shape:
+                raise ValueError(f"{name} must have the shape of lam_d {tuple(lam_d.shape)}, got {tuple(v.shape)}.")
+        if D.shape != (H,):
+            raise ValueError(f"D must have shape ({H},), got {tuple(D.shape)}.")
+        for name, v in (("lam_d", lam_d), ("B_d", B_d), ("C", C), ("D", D)):
+            if not torch.isfinite(torch.view_as_real(v) if v.is_complex() else v).all():
+                raise ValueError(f"{name} contains non-finite values.")
+        pad = (C * B_d) == 0
+        live = ~pad
+        mag = lam_d.abs()
+        if self.constrained and bool((mag[live] >= 1).any()):
+            raise ValueError(
+                f"The {self.kernel_name} kernel has Re(A) < 0 by construction and cannot represent modes with |lam_d| >= 1 "
+                f"(largest {mag[live].max().item():.6g}); use dss-softmax or stabilise the system first."
+            )
+        if self.kernel_name == "dss-softmax" and bool(((lam_d[live] == 1) | (mag[live] == 0)).any()):
+            raise ValueError("The dss-softmax kernel cannot represent modes with lam_d == 1 or lam_d == 0 (A = 0 or A = -inf).")
+        if self.constrained and bool((mag[live] == 0).any()):
+            raise ValueError(f"The {self.kernel_name} kernel cannot represent modes with lam_d == 0.")
+        # Padding modes: a harmless stable mode with zero output.
+        safe = torch.exp(-torch.exp(self.log_dt.detach().to("cpu", torch.float64)))[:, None].to(torch.complex128)
+        lam_d = torch.where(pad, safe.expand_as(lam_d), lam_d)
+        B_d = torch.where(pad, torch.ones_like(B_d), B_d)
+        C = torch.where(pad, torch.zeros_like(C), C)
+
+        dt = torch.exp(self.log_dt.detach().to("cpu", torch.float64))
+        lam, B = undiscretize(self.kernel_name, lam_d, B_d, dt, self.l_max)
+        if self.constrained and bool((lam.real >= 0).any()):
+            raise ValueError(f"The {self.kernel_name} kernel cannot represent modes with Re(A) >= 0 at this dt.")
+        if not self.learn_B:
+            C, B = C * B, torch.ones_like(B)
+        with torch.no_grad():
+            self.D.copy_(D.to(self.D.dtype))
+        self._set_modes(lam, B, C)
+
+    # ------------------------------------------------------------------ convolution mode
+    def _check_input(self, u, ndim, what):
+        if not isinstance(u, torch.Tensor) or u.ndim != ndim or u.shape[-1] != self.d_model:
+            shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"SSMLayer expects {what}, got {shape}.")
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Convolution mode: u (batch, length, H) -> y (batch, length, H), via FFT of length 2L."""
+        self._check_input(u, 3, f"input of shape (batch, length, {self.d_model})")
+        L = u.shape[1]
+        if L < 1:
+            raise ValueError("SSMLayer needs sequences of length at least 1, got length 0.")
+        work = torch.promote_types(u.dtype, torch.float32)  # FFTs need at least single precision
+        K = self.kernel(L).to(work)  # (H, L)
+        v = u.transpose(1, 2).to(work)  # (B, H, L)
+        y = torch.fft.irfft(torch.fft.rfft(v, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L]
+        y = y + v * self.D.to(work)[:, None]
+        return y.transpose(1, 2).to(u.dtype)
+
+    # ------------------------------------------------------------------ recurrent mode
+    def step_parameters(self):
+        """Real tensors of the recurrence: lam_re, lam_im, B_re, B_im, C_re, C_im (H, n) and D (H,).
+
+        For dss-softmax modes with ``|lam_d| > 1`` the state is rescaled (B by g, C by 1/g,
+        ``g = |lam_d|**((l_max-1)/2)``) so that it stays within range over ``l_max`` steps.
+        """
+        if self._step_cache is not None:
+            return self._step_cache
+        lam_d, log_scale, B_core, C = self._discrete()
+        if self.kernel_name == "dss-softmax":
+            g = torch.clamp(torch.log(lam_d).real, min=0.0) * (0.5 * (self.l_max - 1))
+            B_d = B_core * torch.exp(log_scale + g)
+            C = C * torch.exp(-g)
+        else:
+            B_d = discrete_B(log_scale, B_core)
+        dtype = self.D.dtype
+        return dict(
+            lam_re=lam_d.real.to(dtype), lam_im=lam_d.imag.to(dtype),
+            B_re=B_d.real.to(dtype), B_im=B_d.imag.to(dtype),
+            C_re=C.real.to(dtype), C_im=C.imag.to(dtype),
+            D=self.D,
+        )
+
+    def setup_step(self):
+        """Cache the (detached) recurrence parameters for fast stepping; call again after any parameter change."""
+        self._step_cache = None
+        with torch.no_grad():
+            self._step_cache = {k: v.detach() for k, v in self.step_parameters().items()}
+
+    def clear_step(self):
+        """Drop the cache of :meth:`setup_step` (``step`` then recomputes, differentiably)."""
+        self._step_cache = None
+
+    def train(self, mode: bool = True):
+        self._step_cache = None
+        return super().train(mode)
+
+    def default_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:
+        """Zero state, a real tensor (batch, H, n, 2): real and imaginary parts of x."""
+        return torch.zeros(
+            batch, self.d_model, self.n_modes, 2,
+            device=self.D.device if device is None else device,
+            dtype=self.D.dtype if dtype is None else dtype,
+        )
+
+    def step(self, u_t: torch.Tensor, state: torch.Tensor):
+        """One recurrent step in real arithmetic: u_t (batch, H), state (batch, H, n, 2) -> (y_t, state)."""
+        self._check_input(u_t, 2, f"u_t of shape (batch, {self.d_model})")
+        p = self.step_parameters()
+        xr, xi = state[..., 0], state[..., 1]
+        u = u_t[..., None]
+        nr = p["lam_re"] * xr - p["lam_im"] * xi + p["B_re"] * u
+        ni = p["lam_re"] * xi + p["lam_im"] * xr + p["B_im"] * u
+        y = 2.0 * (p["C_re"] * nr - p["C_im"] * ni).sum(-1) + p["D"] * u_t
+        return y, torch.stack([nr, ni], dim=-1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, state_dim={self.state_dim}, kernel={self.kernel_name!r}, "
+            f"init={self.init_name!r}, l_max={self.l_max}, learn_B={self.learn_B}"
+        )
