@@ -1,0 +1,288 @@
+"""Training loop: AdamW with the S4 convention, warmup + cosine, clipping, best-by-validation.
+
+One process, or DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on GPU):
+every rank walks the same shuffled order of global batches and takes an equal share of
+each, and the loss is scaled so that the averaged gradient is the gradient of the mean
+loss over the *global* batch -- the same update a single process makes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (all JSON-serialisable)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-2           # encoder, decoder, C, D, norms, output projections
+    ssm_lr: float = 1e-3       # A, B and the step size (S4 convention: no weight decay)
+    weight_decay: float = 0.01
+    warmup: float = 0.05       # fraction of all steps spent in linear warmup
+    grad_clip: float = 1.0     # max global gradient norm; 0 disables clipping
+    seed: int = 0
+    eval_batch_size: int = 256
+    device: str = "auto"       # "auto", "cpu", "cuda", "cuda:1", ...
+
+    def __post_init__(self):
+        checks = [
+            ("epochs", self.epochs >= 1, "a positive integer"),
+            ("batch_size", self.batch_size >= 1, "a positive integer"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive finite number"),
+            ("ssm_lr", self.ssm_lr >= 0 and math.isfinite(self.ssm_lr), "a non-negative finite number"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("warmup", 0 <= self.warmup < 1, "a fraction in [0, 1)"),
+            ("grad_clip", self.grad_clip >= 0, "non-negative (0 disables clipping)"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid; expected {expected}.")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu or cuda[:i].") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but torch sees no CUDA device; use --device cpu.")
+    return dev
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size) of the current process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """S4 convention: A, B, dt at ``ssm_lr`` without weight decay; biases and norms without decay."""
+    ssm_ids = {id(p) for p in model.ssm_parameters()}
+    ssm, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in ssm_ids:
+            ssm.append(p)
+        elif p.ndim <= 1 or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "decay"},
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": ssm, "lr": cfg.ssm_lr, "weight_decay": 0.0, "name": "ssm"},
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warmup over ``warmup * total`` steps, then cosine decay to zero."""
+    w = max(1, int(round(warmup * total))) if warmup > 0 else 0
+    if step < w:
+        return (step + 1) / w
+    progress = (step - w) / max(1, total - w)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loss_and_correct(model, x, y, lengths, task: str, reduction: str = "mean"):
+    out = model(x, lengths=lengths)
+    if task == "regression":
+        loss = F.mse_loss(out.reshape(y.shape), y, reduction=reduction)
+        return loss, None
+    loss = F.cross_entropy(out, y, reduction=reduction)
+    return loss, (out.argmax(-1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model, x, y, lengths=None, task: str = "classification", batch_size: int = 256,
+             device: torch.device | None = None) -> dict:
+    """Mean loss and accuracy of ``model`` (eval mode) on arrays ``x, y`` (numpy or torch)."""
+    device = device or next(model.parameters()).device
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    lengths = None if lengths is None else torch.as_tensor(lengths)
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty split; the dataset has no samples there.")
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        yb = y[i:i + batch_size].to(device)
+        lb = None if lengths is None else lengths[i:i + batch_size].to(device)
+        loss, corr = loss_and_correct(model, xb, yb, lb, task, reduction="sum")
+        total_loss += float(loss)
+        correct += 0 if corr is None else int(corr)
+    model.train(was_training)
+    n = len(x)
+    res = {"loss": total_loss / n, "n": n}
+    res["accuracy"] = correct / n if task != "regression" else None
+    return res
+
+
+# ----------------------------------------------------------------------------- resume state
+
+def _save_last(out: Path, model, opt, state: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    ckpt.write_tensors(out / ckpt.LAST, tensors)
+    ckpt.write_json(out / ckpt.STATE, state)
+
+
+def _load_last(out: Path, model, opt) -> dict:
+    state = ckpt.read_json(out / ckpt.STATE)
+    tensors = ckpt.read_tensors(out / ckpt.LAST)
+    ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / ckpt.LAST)
+    osd = opt.state_dict()
+    new_state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            new_state.setdefault(int(idx), {})[name] = v
+    osd["state"] = new_state
+    opt.load_state_dict(osd)
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | None = None,
+          resume: bool = False, progress: bool = True) -> dict:
+    """Train ``model`` on ``data`` (a :class:`ssmcompress.data.Dataset`), writing the run folder ``out``.
+
+    Returns the summary dict (best validation accuracy, test metrics of the best model,
+    wall time).  Under an initialised process group the model is wrapped in DDP and
+    only rank 0 writes files.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    rank, world = distributed()
+    device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model.to(device)
+    task = data.task
+    x_tr, y_tr, l_tr = (torch.as_tensor(a) if a is not None else None for a in data.split("train"))
+    n_train = len(x_tr)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+    state = {"epoch": 0, "step": 0, "best_val_accuracy": None, "best_val_loss": None, "history": [],
+             "wall_s": 0.0}
+    if resume and (out / ckpt.STATE).is_file():
+        state = _load_last(out, model, opt)
+    else:
+        torch.manual_seed(cfg.seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_json = dict(run_config or {})
+        cfg_json["model"] = model.config
+        cfg_json["train"] = dataclasses.asdict(cfg)
+        ckpt.write_json(out / ckpt.CONFIG, cfg_json)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    t_start = time.perf_counter() - state["wall_s"]
+    for epoch in range(state["epoch"], cfg.epochs):
+        net.train()
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress or rank != 0, dynamic_ncols=True)
+        run_loss, run_n = 0.0, 0
+        for b in bar:
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            n_global = len(idx)
+            idx = idx[rank::world]
+            xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+            lb = None if l_tr is None else l_tr[idx].to(device)
+            f = lr_factor(state["step"], total_steps, cfg.warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            loss_sum, _ = loss_and_correct(net, xb, yb, lb, task, reduction="sum")
+            # gradient of the global-batch mean after DDP's average over ranks
+            (loss_sum * (world / n_global)).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            run_loss += float(loss_sum.detach())
+            run_n += len(idx)
+            if not math.isfinite(run_loss):
+                raise FloatingPointError(
+                    f"training loss became {run_loss} at epoch {epoch + 1}; lower --lr or --ssm-lr.")
+            bar.set_postfix(loss=f"{run_loss / max(run_n, 1):.4f}")
+        bar.close()
+        train_loss = run_loss / max(run_n, 1)
+        if world > 1:
+            t = torch.tensor([run_loss, run_n], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            train_loss = float(t[0] / t[1])
+        val = evaluate(model, *data.split("val"), task=task, batch_size=cfg.eval_batch_size, device=device)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+               "val_accuracy": val["accuracy"], "lr": opt.param_groups[0]["lr"],
+               "time_s": round(time.perf_counter() - t_start, 3)}
+        better = (state["best_val_loss"] is None or
+                  (val["accuracy"] is not None and val["accuracy"] > state["best_val_accuracy"]) or
+                  (val["accuracy"] is None and val["loss"] < state["best_val_loss"]))
+        state["epoch"] = epoch + 1
+        state["wall_s"] = time.perf_counter() - t_start
+        state["history"].append(row)
+        if rank == 0:
+            if better:
+                state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
+                state["best_epoch"] = epoch + 1
+                ckpt.write_tensors(out / ckpt.WEIGHTS, model.state_dict())
+            _save_last(out, model, opt, state)
+            ckpt.write_text(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
+            if progress:
+                acc = "" if val["accuracy"] is None else f" val_acc {val['accuracy']:.4f}"
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['loss']:.4f}{acc}")
+        elif better:
+            state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
+
+    summary = {"epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
+               "best_val_accuracy": state["best_val_accuracy"], "best_val_loss": state["best_val_loss"],
+               "wall_s": round(state["wall_s"], 3)}
+    if rank == 0:
+        best = ckpt.read_tensors(out / ckpt.WEIGHTS)
+        ckpt.load_state(model, best, out / ckpt.WEIGHTS)
+        test = evaluate(model, *data.split("test"), task=task, batch_size=cfg.eval_batch_size, device=device)
+        summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+        ckpt.write_json(out / "summary.json", summary)
+    return summary
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
