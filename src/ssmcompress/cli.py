@@ -237,14 +237,85 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 32,16,8)") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def _seed_list(text: str) -> list[int]:
+    """`3` means seeds 0,1,2; `0,5,7` lists them."""
+    values = _int_list(text)
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: the number of seeds must be positive")
+        return list(range(values[0]))
+    return values
+
+
+def cmd_compress(args) -> int:
+    from .compress import compress_run
+
+    if (args.rank is None) == (args.energy is None):
+        raise UserError("give exactly one of --rank r (real order per channel) or --energy e (fraction of Hankel singular values).")
+    horizon = {"auto": "auto", "infinite": None}.get(args.horizon)
+    if horizon is None and args.horizon != "infinite":
+        try:
+            horizon = int(args.horizon)
+        except ValueError:
+            raise UserError(f"--horizon {args.horizon!r} is not auto, infinite or a positive integer length.") from None
+    summary = compress_run(Path(args.run), Path(args.out), rank=args.rank, energy=args.energy, horizon=horizon)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"compressed {args.run} -> {args.out}: state dims {summary['state_dims_before']} -> {summary['state_dims']}")
+    for lay in summary["layers"]:
+        extra = f", H-inf error max {lay['hinf_error_max']:.3g} (bound holds: {lay['bound_holds']})" if "hinf_error_max" in lay else ""
+        print(f"  layer {lay['layer']}: mean order {lay['order_mean']:.1f}, error bound max {lay['error_bound_max']:.3g}"
+              f"{extra}, kernel rel. error max {lay['kernel_rel_error_max']:.3g}")
+    if "test_accuracy" in summary:
+        print(f"test accuracy without retraining: {summary['test_accuracy_before']:.4f} before, {summary['test_accuracy']:.4f} after")
+    return 0
+
+
+def _experiment_config(args):
+    from .experiment import ExperimentConfig
+    return ExperimentConfig(
+        data=args.data, data_options=dict(args.data_option or []), state_dim=args.state_dim, ranks=args.ranks,
+        seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs,
+        model=dict(d_model=args.d_model, layers=args.layers, kernel=args.kernel, dropout=args.dropout,
+                   prenorm=args.prenorm, norm=args.norm, pool=args.pool),
+        train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
+                   warmup=args.warmup, grad_clip=args.grad_clip, device=args.device))
+
+
+def cmd_experiment(args) -> int:
+    from .experiment import markdown_table, run_experiment, summarize
+
+    cfg = _experiment_config(args)
+    out = Path(args.out)
+    old = out / "experiment.json"
+    if old.is_file():
+        from .checkpoint import read_json
+        from dataclasses import asdict
+        if read_json(old) != json.loads(json.dumps(asdict(cfg))):
+            raise UserError(f"{out} holds an experiment with other settings; rerun with the same flags to resume it, or choose another --out.")
+    rows = run_experiment(cfg, out, progress=_progress(args))
+    print(markdown_table(summarize(rows)))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
-    """Train the default small model on the built-in `digits` data and print test accuracy."""
-    ns = build_parser().parse_args(["train", "--data", "digits", "--out", str(args.out), "--epochs", str(args.epochs)]
-                                   + (["--quiet"] if args.quiet else []))
-    if (Path(args.out) / "config.json").exists():
-        import shutil
-        shutil.rmtree(args.out)
-    return cmd_train(ns)
+    """The compression protocol on the built-in digits data, at a size for a laptop."""
+    argv = ["experiment", "--data", "digits", "--state-dim", "64", "--ranks", "16,4", "--seeds", ",".join(map(str, args.seeds)) + ",",
+            "--epochs", str(args.epochs), "--d-model", "64", "--layers", "2", "--out", str(args.out)]
+    ns = build_parser().parse_args(argv + (["--quiet"] if args.quiet else []))
+    return cmd_experiment(ns)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -321,10 +392,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data)
 
+    c = sub.add_parser("compress", help="reduce every SSM layer of a run by balanced truncation",
+                       description="Compress every SSM layer of a run folder by balanced truncation and write a new run "
+                                   "folder that evaluate, info and train --init-from accept; prints the accuracy before "
+                                   "and after compression without retraining.")
+    c.add_argument("run", metavar="RUN", help="run folder of the trained model")
+    c.add_argument("--rank", type=_even_state_dim, metavar="r", help="real order kept per channel (even)")
+    c.add_argument("--energy", type=_positive_float, metavar="e",
+                   help="instead of --rank: keep the smallest order whose Hankel singular values reach this fraction")
+    c.add_argument("--horizon", default="auto", metavar="auto|infinite|L",
+                   help="Gramians: auto (infinite; the kernel length for dss-softmax), infinite, or a length L")
+    c.add_argument("--out", required=True, metavar="RUN_R", help="run folder to write")
+    c.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    c.set_defaults(func=cmd_compress)
+
+    x = sub.add_parser("experiment", help="the paper's protocol: pre-train, compress, main training, baselines, report",
+                       description="For each seed: pre-train at --state-dim from Skew-HiPPO; for each rank: balanced "
+                                   "truncation, evaluation without retraining, main training from the reduced parameters, "
+                                   "and baselines of that size from Skew-HiPPO and S4D-Lin. Writes results.json and "
+                                   "report.md with figures; a rerun skips finished runs and resumes interrupted ones.")
+    x.add_argument("--data", default="smnist", metavar="NAME|PATH", help="data set (default smnist)")
+    x.add_argument("--data-option", type=_data_option, action="append", metavar="KEY=VALUE", help="data set option")
+    x.add_argument("--ranks", type=_int_list, default=[32, 16, 8], metavar="r1,r2,...",
+                   help="reduced real orders (default 32,16,8)")
+    x.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="S",
+                   help="number of seeds (3 = seeds 0,1,2) or a comma-separated list (default 3)")
+    x.add_argument("--main-epochs", type=_positive_int, default=None,
+                   help="epochs of main training and baselines (default: --epochs)")
+    x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(x)
+    _add_train_args(x)
+    for a in x._actions:
+        if a.dest in ("init", "seed"):
+            a.help = argparse.SUPPRESS
+    x.set_defaults(func=cmd_experiment)
+
     m = sub.add_parser("demo", help="the demo that `make demo` runs",
-                       description="Train the default small model on the built-in digits data and print its test accuracy.")
-    m.add_argument("--out", default="demo_run", help="folder for the demo's runs (default demo_run)")
-    m.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+                       description="The compression protocol on the built-in digits data at laptop size "
+                                   "(N=64 -> r=16,4, one seed): prints the accuracy table and writes a report.")
+    m.add_argument("--out", default="demo_run", help="experiment folder (default demo_run)")
+    m.add_argument("--epochs", type=_positive_int, default=8, help="epochs per training (default 8)")
+    m.add_argument("--seeds", type=_seed_list, default=[0], help="seeds (default 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_demo)
     return p

@@ -1,0 +1,152 @@
+"""compress_model, the compress / experiment commands, at tiny sizes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ssmcompress import checkpoint as ckpt
+from ssmcompress import experiment as exp_mod
+from ssmcompress.cli import main
+from ssmcompress.compress import compress_model, layer_system
+from ssmcompress.lti import balanced_truncation
+from ssmcompress.nn import SequenceModel
+
+KERNELS = ["s4d", "bilinear", "dss-exp", "dss-softmax"]
+TINY = ["--d-model", "8", "--layers", "2", "--batch-size", "128", "--quiet"]
+
+
+def _model(kernel, N=16, seed=0):
+    torch.manual_seed(seed)
+    return SequenceModel(d_input=1, d_output=3, d_model=6, layers=2, state_dim=N, kernel=kernel, l_max=120).double()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compressed_layers_are_the_reduced_systems(kernel):
+    model = _model(kernel)
+    small, report = compress_model(model, rank=6)
+    x = torch.randn(3, 120, 1, dtype=torch.float64)
+    for i, (big_l, small_l, rep) in enumerate(zip(model.ssm_layers(), small.ssm_layers(), report.layers)):
+        sys = layer_system(big_l)
+        horizon = 120 if kernel == "dss-softmax" else None
+        ref = balanced_truncation(sys, order=6, horizon=horizon)
+        # the layer's kernel is exactly the reduced systems' kernel
+        K_layer = small_l.kernel(120).detach().numpy()
+        np.testing.assert_allclose(K_layer, ref.system.kernel(120), rtol=1e-9, atol=1e-12 * np.abs(K_layer).max())
+        # and the layer's output is that kernel convolved with the input plus D u
+        u = torch.randn(2, 120, 6, dtype=torch.float64)
+        y = small_l(u).detach().numpy()
+        un = u.numpy()
+        y_ref = np.stack([[np.convolve(un[b, :, h], K_layer[h])[:120] for h in range(6)] for b in range(2)], 0)
+        y_ref = y_ref.transpose(0, 2, 1) + un * small_l.D.detach().numpy()
+        np.testing.assert_allclose(y, y_ref, rtol=1e-8, atol=1e-10)
+        # step sizes and D are kept; orders and Hankel singular values are reported
+        torch.testing.assert_close(small_l.discrete_system()["dt"], big_l.discrete_system()["dt"])
+        torch.testing.assert_close(small_l.D, big_l.D)
+        np.testing.assert_allclose(rep.hsv, ref.hsv)
+        assert np.all(rep.orders == 6) and rep.state_dim_after >= 6
+        assert rep.state_dim_after == small.state_dims[i]
+        if horizon is None:
+            assert np.all(rep.hinf_error <= rep.error_bound * (1 + 1e-6) + 1e-12)
+    # everything that is not an SSM parameter is copied
+    big_sd, small_sd = model.state_dict(), small.state_dict()
+    for k, v in big_sd.items():
+        if ".ssm." not in k:
+            torch.testing.assert_close(small_sd[k], v)
+    assert small(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_full_rank_keeps_the_model(kernel):
+    model = _model(kernel, N=8).eval()
+    small, _ = compress_model(model, rank=8)
+    x = torch.randn(2, 120, 1, dtype=torch.float64)
+    torch.testing.assert_close(small.eval()(x), model(x), rtol=1e-8, atol=1e-9)
+
+
+def test_energy_orders_differ_between_channels():
+    model = _model("s4d", N=32)
+    small, report = compress_model(model, energy=0.9)
+    orders = np.concatenate([r.orders for r in report.layers])
+    assert orders.min() < orders.max() <= 32
+    for r, n in zip(report.layers, small.state_dims):
+        assert n >= r.orders.max()
+
+
+def test_compress_model_rejects_bad_arguments():
+    model = _model("s4d", N=8)
+    with pytest.raises(ValueError, match="exactly one"):
+        compress_model(model)
+    with pytest.raises(ValueError, match="exactly one"):
+        compress_model(model, rank=4, energy=0.5)
+    with pytest.raises(ValueError, match="method"):
+        compress_model(model, method="svd", rank=4)
+    with pytest.raises(ValueError, match="layers"):
+        compress_model(model, rank=[4, 4, 4])
+
+
+def test_compress_evaluate_info_train_init_from(tmp_path, capsys):
+    run, comp, main_run = tmp_path / "run", tmp_path / "comp", tmp_path / "main"
+    assert main(["train", "--data", "digits", "--out", str(run), "--epochs", "1", "--state-dim", "16", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["compress", str(run), "--rank", "4", "--out", str(comp)]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out
+    summary = json.loads((comp / "summary.json").read_text())
+    assert main(["evaluate", str(comp), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert main(["info", str(comp), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert all(4 <= n < 16 for n in info["state_dims"])
+    assert main(["train", "--data", "digits", "--init-from", str(comp), "--out", str(main_run), "--epochs", "1",
+                 "--quiet"]) == 0
+    cfg = json.loads((main_run / "config.json").read_text())
+    assert cfg["model"]["state_dim"] == info["state_dims"] and cfg["init_from"] == str(comp)
+    capsys.readouterr()
+    # errors: both selectors, odd rank, existing output
+    assert main(["compress", str(run), "--rank", "4", "--energy", "0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compress", str(run), "--rank", "3", "--out", str(tmp_path / "x")])
+    assert main(["compress", str(run), "--rank", "4", "--out", str(comp)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_experiment_writes_report_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "exp"
+    argv = ["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4,2", "--seeds", "3", "--epochs", "1",
+            "--out", str(out), *TINY]
+    calls = []
+    real_train = exp_mod.train
+
+    def train_then_die(*a, **k):
+        calls.append(a[3])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(exp_mod, "train", train_then_die)
+    assert main(argv) == 130                     # interrupted during the 4th training
+    n_before = len(calls)
+    assert main(argv) == 0                       # resumes: finished runs are not trained again
+    capsys.readouterr()
+    rows = json.loads((out / "results.json").read_text())
+    # 3 seeds x (original + 2 ranks x (bt no-retrain, bt main, legs, lin))
+    assert len(rows) == 3 * (1 + 2 * 4)
+    for row in rows:
+        assert {"method", "state_dim", "seed", "retrained", "test_accuracy", "ssm_params", "params"} <= set(row)
+    trainings = 3 * (1 + 2 * 3)
+    assert len(calls) - n_before == trainings - 3
+    for name in ("report.md", "accuracy_vs_rank.png", "hsv_decay.png", "responses.png", "correlation.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "Pearson" in report and "BT, main training" in report
+    # a finished experiment reruns without training anything
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == []
+    # other settings in the same folder are refused
+    assert main(argv[:-len(TINY)] + ["--d-model", "16", "--quiet"]) == 2
+    assert "other settings" in capsys.readouterr().err
