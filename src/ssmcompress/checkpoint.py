@@ -29,6 +29,10 @@ LAST = "last.safetensors"
 STATE = "trainer_state.json"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class RunError(ValueError):
     """A run folder is missing, incomplete or corrupt (the message says which and how to fix it)."""
 
@@ -41,6 +45,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
