@@ -1,0 +1,350 @@
+"""Hankel singular values and square-root balanced truncation of diagonal systems.
+
+Balanced truncation acts on the real system (the conjugate closure of order
+m = 2n, coordinates of ``DiagonalSSM.to_real()``), never on the half system.
+
+1. Gramian factors from the Cauchy-like generators, pivoting conjugate
+   partners together (``gramians.gramian_factors(..., pairs=True)``); they exist
+   for every input and are accurate entry-wise.
+2. Real factors ``P = Fp Fp^T``, ``Q = Fq Fq^T`` of the real-realization Gramians,
+   mixing only the two columns of each conjugate pair (``gramians.real_factor``),
+   so the grading of the factors survives.
+3. ``Fq^T Fp = U diag(sigma) V^T``: Hankel singular values sigma, descending.
+   Against 40-60 digit references they are accurate to ~1e-13 relative even at
+   1e-27 of the largest (slycot's ab09ad: ~1e-18 of the largest, absolute).
+4. Square-root projection ``T_r = Fp V_r sigma_r^-1/2``, ``W_r = Fq U_r sigma_r^-1/2``
+   (``W_r^T T_r = I``), ``A_r = W_r^T A T_r``, ``B_r = W_r^T B``, ``C_r = C T_r``: real.
+5. Re-diagonalisation (``diagonalize.diagonalize``), checked against the dense
+   ``(A_r, B_r, C_r)`` at a few points.
+
+Error bound (continuous, and discrete infinite horizon):
+``||G - G_r||_inf <= 2 * sum_{k > r} sigma_k``.  With a finite horizon the
+singular values are those of the length-L Hankel operator and the bound is
+only indicative (and the reduced system need not be stable).
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .diagonalize import PAD_MODE, diagonalize
+from .gramians import _check_horizon, _check_system, check_stable, gramian_factors, real_factor
+from .system import DiagonalSSM
+
+__all__ = ["hankel_singular_values", "balanced_truncation", "BalancedTruncationResult"]
+
+
+def _real_factors(sys, horizon):
+    """Real factors of the Gramians of ``sys.to_real()``: ``P = Fp Fp^T``, ``Q = Fq Fq^T``, and ``Fq^T Fp``."""
+    Lp, Lq = gramian_factors(sys, horizon, pairs=True)
+    Fp = real_factor(Lp, "P")
+    Fq = real_factor(Lq, "Q")
+    M = np.ascontiguousarray(Fq.swapaxes(-1, -2)) @ Fp                              # (..., m, m)
+    return Fp, Fq, M
+
+
+def hankel_singular_values(sys, horizon=None, workers=None):
+    """Hankel singular values of the real system (conjugate closure, order 2n).
+
+    Parameters
+    ----------
+    sys : DiagonalSSM
+        Stable, or any discrete system when ``horizon`` is given.
+    horizon : int, optional
+        Discrete systems: use the Gramians of the length-``horizon`` kernel.
+    workers : int, optional
+        Threads over chunks of the batch (default: the number of CPUs).
+
+    Returns
+    -------
+    ndarray, float64, shape (..., 2n), descending per channel.
+    """
+    _check_system(sys)
+    horizon = _check_horizon(sys, horizon)
+    if horizon is None:
+        check_stable(sys, "Hankel singular values with an infinite horizon")
+    batch, m = sys.batch_shape, sys.order
+    if m == 0:
+        return np.zeros(batch + (0,))
+    flat_sys = _flatten(sys)
+
+    def work(sl):
+        return np.linalg.svd(_real_factors(flat_sys[sl], horizon)[2], compute_uv=False)
+
+    parts = _map_chunks(work, flat_sys.batch_shape[0], m, workers)
+    return np.concatenate(parts).reshape(batch + (m,)) if parts else np.zeros(batch + (m,))
+
+
+class BalancedTruncationResult:
+    """Outcome of ``balanced_truncation``.
+
+    Attributes
+    ----------
+    system : DiagonalSSM
+        Reduced system, same domain and dt, batch shape (...), ``n_out`` stored
+        modes (maximum over the batch; inactive padding elsewhere).
+    hsv : ndarray, shape (..., 2n)
+        Hankel singular values of the original real system, descending.
+    order : int or ndarray of int, shape (...)
+        Real order of each reduced channel (a plain int when the batch shape is ()).
+    n_modes : int or ndarray of int, shape (...)
+        Stored (active, non-padding) modes of each reduced channel.
+    horizon : int or None
+    """
+
+    def __init__(self, system, hsv, order, n_modes, horizon):
+        self.system = system
+        self.hsv = hsv
+        self.order = order
+        self.n_modes = n_modes
+        self.horizon = horizon
+
+    @property
+    def error_bound(self):
+        """``2 * sum of the discarded Hankel singular values`` per channel, shape (...)."""
+        bounds = self.error_bounds()
+        r = np.asarray(self.order)
+        return np.take_along_axis(bounds, r[..., None], -1)[..., 0] if bounds.ndim > 1 else bounds[int(r)]
+
+    def error_bounds(self):
+        """Error bound of every order from the same factorisation.
+
+        Returns
+        -------
+        ndarray, shape (..., 2n + 1)
+            Entry r is ``2 * sum_{k >= r} hsv[k]`` (0-based), the bound for real order r.
+        """
+        tail = np.cumsum(self.hsv[..., ::-1], -1)[..., ::-1]
+        return 2.0 * np.concatenate([tail, np.zeros(self.hsv.shape[:-1] + (1,))], -1)
+
+    def __repr__(self):
+        return f"BalancedTruncationResult(system={self.system!r}, order={self.order!r})"
+
+
+def _requested_orders(sys, hsv, order, energy):
+    batch, m = hsv.shape[:-1], hsv.shape[-1]
+    if (order is None) == (energy is None):
+        raise ValueError("give exactly one of order=r (real order) or energy=fraction, "
+                         f"got order={order!r} and energy={energy!r}.")
+    if order is not None:
+        arr = np.asarray(order)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+                arr = arr.astype(int)
+            else:
+                raise TypeError(f"order must be a non-negative integer (or integer array), got {order!r}.")
+        if np.any(arr < 0):
+            raise ValueError(f"order must be non-negative, got minimum {int(arr.min())}.")
+        try:
+            return np.broadcast_to(arr, batch).astype(int)
+        except ValueError:
+            raise ValueError(f"order must be broadcastable to the batch shape {batch}, got shape {arr.shape}.") from None
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not (0.0 < energy <= 1.0):
+        raise ValueError(f"energy must be a fraction in (0, 1], got {energy!r}.")
+    cs = np.cumsum(hsv, -1)
+    total = cs[..., -1:] if m else np.zeros(batch + (1,))
+    r = np.sum(cs < energy * total, -1) + 1
+    return np.where(total[..., 0] > 0, np.minimum(r, m), 0).astype(int)
+
+
+def _apply_A(sys_modes, V):
+    """``A_real @ V`` for the block realization ``[[a, -w], [w, a]]`` without forming A."""
+    n = sys_modes.shape[-1]
+    a, w = sys_modes.real[..., :, None], sys_modes.imag[..., :, None]
+    V1, V2 = V[..., :n, :], V[..., n:, :]
+    return np.concatenate([a * V1 - w * V2, w * V1 + a * V2], -2)
+
+
+def _dense_tf_check(A, B, C, red, domain):
+    """Max relative difference between dense (A, B, C) and diagonal ``red`` transfer functions.
+
+    Evaluated at points beyond all poles (continuous: right of them, discrete: outside a circle
+    containing them), where both evaluations are well conditioned.
+    """
+    lam = red.modes                                                          # (g, k)
+    t = np.array([0.0, 0.3, 1.0, 3.0, 10.0])
+    if domain == "discrete":
+        R = 1.5 * np.maximum(1.0, np.abs(lam).max(-1, initial=0.0))[:, None]
+        s = R * np.exp(1j * np.pi * t / 10.0)                                 # (g, F)
+    else:
+        rho = np.maximum(np.abs(lam).max(-1, initial=0.0), 1e-12)[:, None]
+        x0 = np.maximum(lam.real.max(-1, initial=0.0), 0.0)[:, None] + 0.5 * rho
+        s = x0 + 1j * rho * t
+    r = A.shape[-1]
+    M = s[..., None, None] * np.eye(r) - A[:, None]                          # (g, F, r, r)
+    rhs = np.broadcast_to(B[:, None, :, None], M.shape[:-1] + (1,))
+    dense = (C[:, None, None, :] @ np.linalg.solve(M, rhs))[..., 0, 0]
+    res = red.residues[:, None, :]
+    sk = s[..., None]
+    diag = (res / (sk - lam[:, None, :]) + res.conj() / (sk - lam.conj()[:, None, :])).sum(-1)
+    scale = np.maximum(np.abs(dense).max(-1), 1e-300)
+    return np.abs(diag - dense).max(-1) / scale
+
+
+def balanced_truncation(sys, order=None, energy=None, horizon=None, check_rtol=1e-6, workers=None):
+    """Square-root balanced truncation of every channel, re-diagonalised.
+
+    Parameters
+    ----------
+    sys : DiagonalSSM, batch shape (...), n stored modes (real order m = 2n)
+    order : int or array_like of int, broadcastable to (...), optional
+        Real order r of the reduced systems.  ``r >= 2n``: the channel is returned
+        as it is.  ``r = 0``: no modes (only D).  States whose Hankel singular value
+        is at most ``2n * eps * hsv[0]`` are never kept (they are numerically
+        uncontrollable or unobservable), so the order can come out lower.
+    energy : float in (0, 1], optional
+        Instead of ``order``: the smallest r whose kept Hankel singular values
+        reach this fraction of their sum (0 for a zero channel).
+    horizon : int, optional
+        Discrete systems: balance the Gramians of the length-``horizon`` kernel
+        (serves unstable modes as well; the result need not be stable).
+    check_rtol : float
+        The diagonal result's transfer function is compared with the dense
+        reduced one at a few points; a relative difference above this
+        raises ValueError (numerically defective reduced A).
+    workers : int, optional
+        Threads over chunks of the batch (numpy's LAPACK calls release the GIL);
+        default: the number of CPUs.  Chunks also bound the memory to ~256 MB.
+
+    Returns
+    -------
+    BalancedTruncationResult
+        ``.system`` (DiagonalSSM, same domain, dt and D; stored modes = max over the
+        batch of ``p + q`` for p conjugate pairs and q real eigenvalues, padded with
+        inactive modes), ``.hsv`` (..., 2n), ``.order``, ``.n_modes``,
+        ``.error_bound`` (...), ``.error_bounds()`` (..., 2n + 1).
+    """
+    _check_system(sys)
+    horizon = _check_horizon(sys, horizon)
+    if horizon is None:
+        check_stable(sys, "Hankel singular values and balanced truncation with an infinite horizon")
+    batch, n = sys.batch_shape, sys.n_modes
+    m = 2 * n
+    flat = int(np.prod(batch, dtype=int))
+    r_checked = _requested_orders(sys, np.zeros(batch + (m,)), order, energy)  # validate early
+    r_req = None if order is None else r_checked.reshape(flat)
+    flat_sys = _flatten(sys)
+
+    def work(sl):
+        r = None if r_req is None else r_req[sl]
+        return _truncate_chunk(flat_sys[sl], sl.start, batch, r, energy, horizon, check_rtol)
+
+    parts = _map_chunks(work, flat, m, workers)
+    hsv = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, m))
+    r_eff = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
+    counts = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
+    n_out = int(counts.max()) if flat else 0
+    lam = np.full((flat, n_out), PAD_MODE[sys.domain], np.complex128)
+    Bo = np.zeros((flat, n_out), np.complex128)
+    Co = np.zeros((flat, n_out), np.complex128)
+    for (sl, part) in zip(_chunks(flat, m, workers), parts):
+        k = part[3].shape[-1]
+        lam[sl, :k], Bo[sl, :k], Co[sl, :k] = part[3], part[4], part[5]
+    system = DiagonalSSM(lam.reshape(batch + (n_out,)), Bo.reshape(batch + (n_out,)),
+                         Co.reshape(batch + (n_out,)), np.broadcast_to(sys.D, batch),
+                         None if sys.dt is None else np.broadcast_to(sys.dt, batch), sys.domain)
+    hsv = hsv.reshape(batch + (m,))
+    if batch:
+        order_out, modes_out = r_eff.reshape(batch), counts.reshape(batch)
+    else:
+        order_out, modes_out = int(r_eff[0]), int(counts[0])
+    return BalancedTruncationResult(system, hsv, order_out, modes_out, horizon)
+
+
+def _flatten(sys):
+    batch, n = sys.batch_shape, sys.n_modes
+    flat = int(np.prod(batch, dtype=int))
+    return DiagonalSSM(sys.modes.reshape(flat, n), sys.B.reshape(flat, n), sys.C.reshape(flat, n),
+                       np.broadcast_to(sys.D, batch).reshape(flat),
+                       None if sys.dt is None else np.broadcast_to(sys.dt, batch).reshape(flat), sys.domain)
+
+
+_CHUNK_BYTES = 256 * 2 ** 20
+
+
+def _chunks(flat, m, workers):
+    """Slices of the flat batch: at least one per worker, each within the memory budget."""
+    workers = _n_workers(workers)
+    per_system = max(1, 8 * 16 * m * m)                                       # ~8 complex (m, m) arrays live
+    size = max(1, min(_CHUNK_BYTES // per_system, -(-flat // workers)))
+    return [slice(i, min(i + size, flat)) for i in range(0, flat, size)]
+
+
+def _n_workers(workers):
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}.")
+    return int(workers)
+
+
+def _map_chunks(fn, flat, m, workers):
+    chunks = _chunks(flat, m, workers)
+    nw = min(_n_workers(workers), len(chunks))
+    if nw <= 1:
+        return [fn(sl) for sl in chunks]
+    with ThreadPoolExecutor(nw) as pool:
+        return list(pool.map(fn, chunks))
+
+
+def _truncate_chunk(sys, offset, batch, r_req, energy, horizon, check_rtol):
+    """Balanced truncation of a flat chunk (batch shape (F,)); returns hsv, r_eff, counts, lam, B, C."""
+    flat, n = sys.batch_shape[0], sys.n_modes
+    m = 2 * n
+    Lp, Lq, M = _real_factors(sys, horizon)
+    if m:
+        U, hsv, Vh = np.linalg.svd(M)
+    else:
+        U, hsv, Vh = M, np.zeros((flat, 0)), M
+    if r_req is None:
+        r_req = _requested_orders(sys, hsv, None, energy)
+    rank = np.sum(hsv > m * np.finfo(float).eps * hsv[:, :1], -1) if m else np.zeros(flat, int)
+    as_is = r_req >= m
+    r_eff = np.where(as_is, m, np.minimum(r_req, rank))
+
+    lam_in, B_in, C_in = sys.modes, sys.B, sys.C
+    B_real = np.concatenate([B_in.real, B_in.imag], -1)                     # [Re b; Im b]
+    C_real = 2.0 * np.concatenate([C_in.real, -C_in.imag], -1)              # 2 [Re c, -Im c]
+
+    pieces = []                                                               # (index array, lam, B, C)
+    counts = np.zeros(flat, int)
+    if np.any(as_is):
+        idx = np.flatnonzero(as_is)
+        pieces.append((idx, lam_in[idx], B_in[idx], C_in[idx]))
+        counts[idx] = n
+    for r in np.unique(r_eff[~as_is]):
+        idx = np.flatnonzero((r_eff == r) & ~as_is)
+        if r == 0:
+            continue
+        s_inv = 1.0 / np.sqrt(hsv[idx, :r])[:, None, :]
+        V = Lp[idx] @ Vh[idx, :r].swapaxes(-1, -2) * s_inv                    # T_r (g, m, r), real
+        W = Lq[idx] @ U[idx, :, :r] * s_inv                                    # W_r, W_r^T T_r = I
+        Wt = np.ascontiguousarray(W.swapaxes(-1, -2))
+        Ar = Wt @ _apply_A(lam_in[idx], V)                                     # W_r^T A T_r
+        Br = (Wt @ B_real[idx][..., None])[..., 0]
+        Cr = (C_real[idx][:, None, :] @ V)[:, 0, :]
+        red, cnt = diagonalize(Ar, Br, Cr, sys.D[idx], None, sys.domain, return_counts=True)
+        mismatch = _dense_tf_check(Ar, Br, Cr, red, sys.domain)
+        if np.any(mismatch > check_rtol):
+            bad = idx[mismatch > check_rtol] + offset
+            where = ", ".join(str(tuple(int(i) for i in np.unravel_index(int(b), batch))) if batch else "0"
+                              for b in bad[:5])
+            raise ValueError(
+                f"re-diagonalising the order-{int(r)} reduced system of channel(s) {where} changed its transfer "
+                f"function by {float(mismatch.max()):.1e} (relative): its A is numerically defective; "
+                f"choose an order one lower or higher."
+            )
+        pieces.append((idx, red.modes, red.B, red.C))
+        counts[idx] = cnt
+
+    n_out = int(counts.max()) if flat else 0
+    lam = np.full((flat, n_out), PAD_MODE[sys.domain], np.complex128)
+    Bo = np.zeros((flat, n_out), np.complex128)
+    Co = np.zeros((flat, n_out), np.complex128)
+    for idx, l, b, c in pieces:
+        k = l.shape[-1]
+        lam[idx, :k], Bo[idx, :k], Co[idx, :k] = l, b, c
+    return hsv, r_eff, counts, lam, Bo, Co

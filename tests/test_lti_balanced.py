@@ -1,0 +1,243 @@
+"""Hankel singular values and balanced truncation against slycot, mpmath and the error bound."""
+import numpy as np
+import pytest
+
+from lti_cases import FAMILIES, random_systems, slycot_hsv
+from ssmcompress.lti import DiagonalSSM, balanced_truncation, hankel_singular_values
+
+DOMAINS = ("continuous", "discrete")
+
+
+def assert_hsv_close(ours, ref, rtol=1e-9, atol_rel=0.0):
+    """|ours - ref| <= rtol * ref + atol_rel * ref_max for every ref >= 1e-12 of its channel's largest."""
+    keep = ref >= 1e-12 * ref[..., :1]
+    err = np.abs(ours - ref)
+    ok = err <= rtol * ref + atol_rel * ref[..., :1]
+    assert np.all(ok | ~keep), f"worst relative error {np.max(np.where(keep, err / np.where(keep, ref, 1), 0)):.2e}"
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hsv_match_slycot(family, domain):
+    """About 50 systems per case (400 in all), N up to 256.
+
+    slycot's own absolute error near 1e-12 of the largest value is ~1e-18 of it (see
+    test_hsv_match_extended_precision: ours are exact there), hence the absolute term.
+    """
+    rng = np.random.default_rng(abs(hash((family, domain))) % 2**32)
+    for N, H in ((8, 12), (16, 12), (32, 12), (64, 12), (256, 1)):
+        s = random_systems(family, N, H, rng, domain)
+        ours = hankel_singular_values(s)
+        assert ours.shape == (H, N) and np.all(np.diff(ours, axis=-1) <= 0)
+        assert_hsv_close(ours, slycot_hsv(s), rtol=1e-9, atol_rel=1e-17)
+
+
+def mp_hsv_minimal_real(lam, rho, dps=60):
+    """HSVs of sum_i rho_i/(s - lam_i) with real lam, rho in 60-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = dps
+    n = len(lam)
+    P, Q = mpmath.matrix(n, n), mpmath.matrix(n, n)
+    for i in range(n):
+        for j in range(n):
+            d = -(mpmath.mpf(lam[i]) + mpmath.mpf(lam[j]))
+            P[i, j] = 1 / d
+            Q[i, j] = mpmath.mpf(rho[i]) * mpmath.mpf(rho[j]) / d
+    ev = mpmath.eig(P * Q, left=False, right=False)
+    return np.array(sorted((float(mpmath.sqrt(abs(mpmath.re(e)))) for e in ev), reverse=True))
+
+
+def mp_hsv_closure(s, dps=40):
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = dps
+    mu = [mpmath.mpc(x) for x in np.concatenate([s.modes, s.modes.conj()])]
+    be = [mpmath.mpc(x) for x in np.concatenate([s.B, s.B.conj()])]
+    ga = [mpmath.mpc(x) for x in np.concatenate([s.C, s.C.conj()])]
+    m = len(mu)
+    P, Q = mpmath.matrix(m, m), mpmath.matrix(m, m)
+    for i in range(m):
+        for j in range(m):
+            P[i, j] = be[i] * mpmath.conj(be[j]) / -(mu[i] + mpmath.conj(mu[j]))
+            Q[i, j] = mpmath.conj(ga[i]) * ga[j] / -(mpmath.conj(mu[i]) + mu[j])
+    ev = mpmath.eig(P * Q, left=False, right=False)
+    return np.array(sorted((float(mpmath.sqrt(abs(mpmath.re(e)))) for e in ev), reverse=True))
+
+
+def test_hsv_match_extended_precision():
+    """Strict: 1e-9 relative for every value >= 1e-12 of the largest, against 40-60 digit references."""
+    rng = np.random.default_rng(7)
+    s = random_systems("real", 64, 1, rng)[0]
+    s = DiagonalSSM(s.modes, s.B, s.C)
+    ref = mp_hsv_minimal_real(s.modes.real, 2 * (s.C * s.B).real)       # the closure's nonzero HSVs
+    ours = hankel_singular_values(s)[:32]
+    assert_hsv_close(ours, ref, rtol=1e-9)
+    assert ref[-1] < 1e-25 * ref[0]                                       # the case is as hard as claimed
+    for family in ("lin", "legs", "inv"):
+        s = random_systems(family, 12, 1, rng)[0]
+        assert_hsv_close(hankel_singular_values(s), mp_hsv_closure(s), rtol=1e-9)
+
+
+def dense_response(A, B, C, s):
+    M = s[:, None, None] * np.eye(A.shape[-1]) - A
+    return (C @ np.linalg.solve(M, np.broadcast_to(B, (len(s),) + B.shape)))[:, 0, 0]
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_error_bound_and_stability_on_many_systems(domain):
+    rng = np.random.default_rng(11 if domain == "continuous" else 12)
+    count = 0
+    for family in FAMILIES:
+        for N, H in ((8, 10), (16, 10), (32, 10), (64, 8)):
+            s = random_systems(family, N, H, rng, domain)
+            r = rng.integers(1, N, H)                                     # per-channel orders, odd ones too
+            res = balanced_truncation(s, order=r)
+            err = (s - res.system).hinf_norm()
+            ref = s.hinf_norm()
+            assert np.all(err <= res.error_bound * (1 + 1e-8) + 1e-11 * ref), family
+            assert np.all(res.system.is_stable())
+            assert res.system.domain == domain
+            count += H
+    assert count >= 150
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_diagonal_result_equals_dense_balanced_truncation(domain):
+    """Transfer function of the re-diagonalised result == slycot ab09ad's dense reduced system."""
+    import slycot
+
+    rng = np.random.default_rng(21)
+    for family in FAMILIES:
+        s = random_systems(family, 32, 6, rng, domain)
+        hsv = hankel_singular_values(s)
+        A, B, C, D = s.to_real()
+        for h in range(6):
+            gaps = np.flatnonzero((hsv[h, :-1] > 1.01 * hsv[h, 1:]) & (hsv[h, :-1] > 1e-8 * hsv[h, 0]))
+            r = int(rng.choice(gaps[gaps < 20])) + 1
+            res = balanced_truncation(s[h], order=r)
+            assert res.order == r
+            nr, Ar, Br, Cr, _ = slycot.ab09ad("D" if domain == "discrete" else "C", "B", "N", 32, 1, 1,
+                                              A[h].copy(), B[h].copy(), C[h].copy(), nr=r)
+            assert nr == r
+            om = np.concatenate([np.linspace(0, np.pi, 200)] if domain == "discrete" else
+                                [np.logspace(-3, 3, 400), np.abs(s.modes[h].imag)])
+            pts = np.exp(1j * om) if domain == "discrete" else 1j * om
+            ref = dense_response(Ar[:r, :r], Br[:r], Cr[:, :r], pts) + D[h, 0, 0]
+            ours = res.system.freqresp(om)
+            assert np.abs(ours - ref).max() <= 1e-8 * np.abs(ref).max(), (family, h, r)
+
+
+def test_finite_horizon_hsv_are_those_of_the_hankel_matrix_of_the_kernel():
+    rng = np.random.default_rng(5)
+    L = 24
+    lam = np.array([[0.95 * np.exp(0.4j), 1.01 * np.exp(1.3j), 0.5, 1.0 + 0j, 0.9j]])
+    s = DiagonalSSM(lam, rng.normal(size=(1, 5)) + 1j * rng.normal(size=(1, 5)),
+                    rng.normal(size=(1, 5)) + 1j * rng.normal(size=(1, 5)), domain="discrete")
+    K = s.kernel(2 * L - 1)[0]
+    Hk = K[np.add.outer(np.arange(L), np.arange(L))]
+    ref = np.linalg.svd(Hk, compute_uv=False)[:10]
+    ours = hankel_singular_values(s, horizon=L)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12 * ref[0])
+    res = balanced_truncation(s, order=4, horizon=L)
+    assert res.order[0] == 4 and res.horizon == L
+    with pytest.raises(ValueError, match=r"channel\(s\) 0"):
+        hankel_singular_values(s)
+
+
+# ---------------------------------------------------------------- edge cases
+def test_zero_channel():
+    rng = np.random.default_rng(0)
+    s = random_systems("lin", 16, 3, rng)
+    B = s.B.copy()
+    B[1] = 0
+    s = DiagonalSSM(s.modes, B, s.C, s.D, s.dt)
+    res = balanced_truncation(s, order=6)
+    assert np.all(res.hsv[1] == 0) and res.order[1] == 0 and res.error_bound[1] == 0
+    assert np.all(res.system.B[1] == 0) and res.system.D[1] == s.D[1]
+    assert np.allclose(res.system.freqresp([0.0, 1.0])[1], s.D[1])
+    assert balanced_truncation(s, energy=0.9).order[1] == 0
+
+
+def test_order_at_least_full_returns_system_unchanged():
+    rng = np.random.default_rng(1)
+    s = random_systems("legs", 8, 2, rng)
+    res = balanced_truncation(s, order=8)
+    np.testing.assert_array_equal(res.system.modes, s.modes)
+    np.testing.assert_array_equal(res.system.C, s.C)
+    assert np.all(res.order == 8) and np.all(res.error_bound == 0)
+    res = balanced_truncation(s, order=np.array([3, 100]))               # mixed in one batch
+    np.testing.assert_array_equal(res.system.modes[1], s.modes[1])
+    assert res.order.tolist() == [3, 8]
+
+
+def test_order_zero_and_odd_orders():
+    rng = np.random.default_rng(2)
+    s = random_systems("inv", 16, 4, rng)
+    res = balanced_truncation(s, order=0)
+    assert res.system.n_modes == 0 and np.all(res.order == 0)
+    np.testing.assert_allclose(res.error_bound, 2 * res.hsv.sum(-1))
+    np.testing.assert_allclose(res.system.freqresp([1.0])[:, 0], s.D)
+    res = balanced_truncation(s, order=5)
+    assert np.all(res.order == 5)
+    n_real = np.sum((res.system.modes.imag == 0) & (res.system.B != 0), -1)
+    assert np.all(n_real % 2 == 1)                                         # odd order => a real eigenvalue
+    assert np.all(res.n_modes >= 3) and res.system.n_modes == res.n_modes.max()
+    pad = np.arange(res.system.n_modes)[None] >= res.n_modes[:, None]
+    assert np.all(res.system.B[pad] == 0) and np.all(res.system.modes[pad] == -1)
+
+
+def test_repeated_modes():
+    lam = np.array([-1 + 2j, -1 + 2j, -0.5 + 1j, -0.5 + 1j])
+    s = DiagonalSSM(lam, np.array([1, 2, 1j, 1]), np.array([1, 1, 1, 1 + 1j]))
+    hsv = hankel_singular_values(s)
+    assert np.sum(hsv > 1e-12 * hsv[0]) == 4                               # minimal order 4 of 8
+    res = balanced_truncation(s, order=6)
+    assert res.order == 4 and abs((s - res.system).hinf_norm()) < 1e-12 * s.hinf_norm()
+
+
+def test_unstable_modes_with_infinite_horizon_name_the_channel():
+    lam = np.array([[-1 + 1j, -2 + 0j], [0.3 + 1j, -1 + 0j]])
+    s = DiagonalSSM(lam, np.ones(2), np.ones(2))
+    with pytest.raises(ValueError, match=r"channel\(s\) 1 have unstable"):
+        balanced_truncation(s, order=2)
+    # an unstable mode that carries no signal (B = 0) is harmless
+    s = DiagonalSSM(lam, np.array([[1, 1], [0, 1]]), np.ones(2))
+    assert balanced_truncation(s, order=2).system.is_stable().all()
+
+
+def test_float32_input_and_scalar_batch():
+    rng = np.random.default_rng(3)
+    s = random_systems("legs", 16, 1, rng)[0]
+    s32 = DiagonalSSM(s.modes.astype(np.complex64), s.B.astype(np.complex64), s.C.astype(np.complex64),
+                      np.float32(s.D), np.float32(s.dt))
+    res = balanced_truncation(s32, order=4)
+    assert isinstance(res.order, int) and res.hsv.dtype == np.float64 and res.system.modes.dtype == np.complex128
+    assert res.error_bound.shape == () and res.error_bounds().shape == (17,)
+
+
+def test_energy_and_error_bounds():
+    rng = np.random.default_rng(4)
+    s = random_systems("lin", 32, 5, rng)
+    res = balanced_truncation(s, energy=0.9)
+    cs = np.cumsum(res.hsv, -1) / res.hsv.sum(-1, keepdims=True)
+    for h in range(5):
+        r = res.order[h]
+        assert cs[h, r - 1] >= 0.9 and (r == 1 or cs[h, r - 2] < 0.9)
+    eb = res.error_bounds()
+    assert eb.shape == (5, 33) and np.all(np.diff(eb, axis=-1) <= 0)
+    np.testing.assert_allclose(eb[np.arange(5), res.order], res.error_bound)
+
+
+def test_argument_errors():
+    s = DiagonalSSM(np.array([-1 + 1j]), 1, 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        balanced_truncation(s)
+    with pytest.raises(ValueError, match="exactly one"):
+        balanced_truncation(s, order=1, energy=0.5)
+    with pytest.raises(ValueError, match="energy"):
+        balanced_truncation(s, energy=1.5)
+    with pytest.raises(TypeError, match="integer"):
+        balanced_truncation(s, order=1.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        balanced_truncation(s, order=-1)
+    with pytest.raises(TypeError, match="DiagonalSSM"):
+        hankel_singular_values(np.eye(2))

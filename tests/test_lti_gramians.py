@@ -1,0 +1,82 @@
+"""Closed-form Gramians and their factors."""
+import numpy as np
+import pytest
+import scipy.linalg as sla
+
+from lti_cases import random_systems
+from ssmcompress.lti import (DiagonalSSM, controllability_gramian, gramian_factors,
+                             observability_gramian)
+from ssmcompress.lti.gramians import geometric_sum, real_factor
+
+
+def test_continuous_gramians_solve_lyapunov():
+    rng = np.random.default_rng(0)
+    s = random_systems("legs", 8, 3, rng)
+    P, Q = controllability_gramian(s), observability_gramian(s)
+    A, B, C, _ = s.to_real()
+    for h in range(3):
+        np.testing.assert_allclose(A[h] @ P[h] + P[h] @ A[h].T, -B[h] @ B[h].T, atol=1e-10 * np.abs(P[h]).max())
+        np.testing.assert_allclose(A[h].T @ Q[h] + Q[h] @ A[h], -C[h].T @ C[h], atol=1e-10 * np.abs(Q[h]).max())
+
+
+def test_discrete_gramians_solve_stein():
+    rng = np.random.default_rng(1)
+    s = random_systems("lin", 8, 3, rng, "discrete")
+    P, Q = controllability_gramian(s), observability_gramian(s)
+    A, B, C, _ = s.to_real()
+    for h in range(3):
+        np.testing.assert_allclose(P[h], sla.solve_discrete_lyapunov(A[h], B[h] @ B[h].T), rtol=1e-7,
+                                   atol=1e-9 * np.abs(P[h]).max())
+        np.testing.assert_allclose(Q[h], sla.solve_discrete_lyapunov(A[h].T, C[h].T @ C[h]), rtol=1e-7,
+                                   atol=1e-9 * np.abs(Q[h]).max())
+
+
+@pytest.mark.parametrize("L", [1, 7, 64])
+def test_finite_horizon_equals_its_sum_also_unstable(L):
+    rng = np.random.default_rng(2)
+    lam = np.array([[0.9 * np.exp(0.3j), 1.02 * np.exp(1.1j), 1.0 + 0j, 0.0 + 0j]])
+    s = DiagonalSSM(lam, rng.normal(size=(1, 4)) + 1j * rng.normal(size=(1, 4)),
+                    rng.normal(size=(1, 4)) + 1j * rng.normal(size=(1, 4)), domain="discrete")
+    P, Q = controllability_gramian(s, horizon=L), observability_gramian(s, horizon=L)
+    A, B, C, _ = s.to_real()
+    Pr = sum(np.linalg.matrix_power(A[0], k) @ B[0] @ B[0].T @ np.linalg.matrix_power(A[0], k).T for k in range(L))
+    Qr = sum(np.linalg.matrix_power(A[0], k).T @ C[0].T @ C[0] @ np.linalg.matrix_power(A[0], k) for k in range(L))
+    np.testing.assert_allclose(P[0], Pr, rtol=1e-10, atol=1e-12 * np.abs(Pr).max())
+    np.testing.assert_allclose(Q[0], Qr, rtol=1e-10, atol=1e-12 * np.abs(Qr).max())
+
+
+def test_geometric_sum_near_one():
+    x = np.array([1.0, 1 - 1e-12, np.exp(1e-9j), 0.5, 0.0, 2.0])
+    L = 1000
+    ref = [L, L - L * (L - 1) / 2 * 1e-12, None, (1 - 0.5 ** L) / 0.5, 1.0, 2.0 ** L - 1]
+    got = geometric_sum(x, L)
+    for g, r in zip(got, ref):
+        if r is not None:
+            assert abs(g - r) <= 1e-12 * abs(r)
+    assert abs(got[2] - sum(np.exp(1e-9j * k) for k in range(L))) < 1e-10
+
+
+@pytest.mark.parametrize("domain", ["continuous", "discrete"])
+@pytest.mark.parametrize("family", ["real", "lin"])
+def test_factors_reproduce_gramians(domain, family):
+    rng = np.random.default_rng(3)
+    s = random_systems(family, 16, 4, rng, domain)
+    Lp, Lq = gramian_factors(s, pairs=True)
+    Pc, Qc = controllability_gramian(s, basis="complex"), observability_gramian(s, basis="complex")
+    np.testing.assert_allclose(Lp @ Lp.conj().swapaxes(-1, -2), Pc, atol=1e-13 * np.abs(Pc).max())
+    np.testing.assert_allclose(Lq @ Lq.conj().swapaxes(-1, -2), Qc, atol=1e-13 * np.abs(Qc).max())
+    Fp, Fq = real_factor(Lp, "P"), real_factor(Lq, "Q")
+    P, Q = controllability_gramian(s), observability_gramian(s)
+    np.testing.assert_allclose(Fp @ Fp.swapaxes(-1, -2), P, atol=1e-13 * np.abs(P).max())
+    np.testing.assert_allclose(Fq @ Fq.swapaxes(-1, -2), Q, atol=1e-13 * np.abs(Q).max())
+
+
+def test_unstable_infinite_horizon_names_the_channel():
+    lam = np.array([[-1 + 1j, -2], [-1, 0.5 + 1j], [-1, -1]])
+    s = DiagonalSSM(lam, np.ones(2), np.ones(2))
+    with pytest.raises(ValueError, match=r"channel\(s\) 1 "):
+        controllability_gramian(s)
+    with pytest.raises(ValueError, match="discrete"):
+        controllability_gramian(s, horizon=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        controllability_gramian(DiagonalSSM(lam / 4, 1, 1, domain="discrete"), horizon=0)
