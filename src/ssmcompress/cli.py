@@ -199,8 +199,11 @@ def cmd_info(args) -> int:
         print(f"  kernel {info['kernel']}, init {info['init']}, d_model {info['d_model']}, layers {info['layers']}")
         print(f"  state dims per layer: {info['state_dims']}")
         print(f"  parameters: {info['params']} total = {info['ssm_params']} SSM + {info['other_params']} other")
-        if "summary" in info:
-            s = info["summary"]
+        s = info.get("summary", {})
+        if "compressed_from" in s:
+            print(f"  compressed from {s['compressed_from']} ({s['method']}, rank {s['rank']}, energy {s['energy']}): "
+                  f"test accuracy {s.get('test_accuracy_before')} before, {s.get('test_accuracy')} after, no retraining")
+        elif s:
             print(f"  best val accuracy {s.get('best_val_accuracy')}, test accuracy {s.get('test_accuracy')}")
     return 0
 

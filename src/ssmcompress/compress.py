@@ -191,8 +191,8 @@ def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="
     from .train import evaluate
 
     src, out = Path(src), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} already exists and is not empty; choose another --out for the compressed run.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty folder; choose another --out for the compressed run.")
     model, cfg = ckpt.load_model(src)
     small, report = compress_model(model, method=method, rank=rank, energy=energy, horizon=horizon)
     if data is None:
