@@ -23,6 +23,12 @@ import time
 import torch
 
 from ssmcompress.nn import KERNELS, SequenceModel
+from ssmcompress.train import TrainConfig, param_groups
+
+
+def optimizer(model):
+    """The optimizer the trainer builds (S4 parameter groups, default learning rates)."""
+    return torch.optim.AdamW(param_groups(model, TrainConfig()))
 
 
 def build(args, kernel, length, device):
@@ -46,32 +52,30 @@ def train_step(model, opt, x, y):
     return loss
 
 
+def tokens_per_s(fn, tokens, warmup, steps, device):
+    """Tokens per second of ``fn`` after ``warmup`` untimed calls, over ``steps`` timed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return tokens * steps / (time.perf_counter() - t0)
+
+
 def throughput(args, kernel, device):
     torch.manual_seed(0)
     model = build(args, kernel, args.length, device)
-    opt = torch.optim.AdamW(model.optimizer_groups(lr=1e-3, weight_decay=0.01))
+    opt = optimizer(model)
     x = torch.randn(args.batch, args.length, 1, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     tokens = args.batch * args.length
     model.train()
-    for _ in range(args.warmup):
-        train_step(model, opt, x, y)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        train_step(model, opt, x, y)
-    sync(device)
-    train = tokens * args.steps / (time.perf_counter() - t0)
+    train = tokens_per_s(lambda: train_step(model, opt, x, y), tokens, args.warmup, args.steps, device)
     model.eval()
     with torch.no_grad():
-        for _ in range(args.warmup):
-            model(x)
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            model(x)
-        sync(device)
-        fwd = tokens * args.steps / (time.perf_counter() - t0)
+        fwd = tokens_per_s(lambda: model(x), tokens, args.warmup, args.steps, device)
     return train, fwd
 
 
@@ -79,7 +83,7 @@ def peak_memory_here(args, kernel, device):
     """Peak memory (MB) of one training step at mem-length x mem-batch, in this process."""
     torch.manual_seed(0)
     model = build(args, kernel, args.mem_length, device)
-    opt = torch.optim.AdamW(model.optimizer_groups(lr=1e-3, weight_decay=0.01))
+    opt = optimizer(model)
     x = torch.randn(args.mem_batch, args.mem_length, 1, device=device)
     y = torch.randint(0, 10, (args.mem_batch,), device=device)
     if device.type == "cuda":

@@ -82,17 +82,12 @@ def test_config_round_trip():
     torch.testing.assert_close(clone(x), model(x))
 
 
-def test_optimizer_groups_partition_parameters():
+def test_ssm_and_other_parameters_partition_the_model():
     model, x = model_and_input(kernel="s4d")
     ssm, other = model.ssm_parameters(), model.other_parameters()
     assert {id(p) for p in ssm}.isdisjoint({id(p) for p in other})
     assert len(ssm) + len(other) == len(list(model.parameters()))
     assert len(ssm) == 2 * 4  # log_dt, log_A_real, A_imag, B per layer
-    groups = model.optimizer_groups(lr=0.01, weight_decay=0.05)
-    assert groups[1]["lr"] == 1e-3 and groups[1]["weight_decay"] == 0.0
-    opt = torch.optim.AdamW(groups)
-    model(x).pow(2).mean().backward()
-    opt.step()
 
 
 def test_compressed_model_from_config_and_discrete_systems():

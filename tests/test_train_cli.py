@@ -119,6 +119,21 @@ def test_lr_schedule_warmup_then_cosine():
     assert f[-1] < 1e-3
 
 
+def test_param_groups_follow_the_s4_convention():
+    """SSM parameters (dt, A, B) get their own lr and no weight decay; every parameter is in one group."""
+    from ssmcompress.train import param_groups
+    model = SequenceModel(d_input=1, d_output=3, d_model=8, layers=2, state_dim=4)
+    groups = param_groups(model, TrainConfig(lr=0.01, ssm_lr=1e-3, weight_decay=0.05))
+    ssm = next(g for g in groups if g["name"] == "ssm")
+    assert ssm["lr"] == 1e-3 and ssm["weight_decay"] == 0.0
+    assert {id(p) for p in ssm["params"]} == {id(p) for p in model.ssm_parameters()}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    opt = torch.optim.AdamW(groups)
+    model(torch.randn(2, 10, 1)).pow(2).mean().backward()
+    opt.step()
+
+
 def _tiny_model(data, seed=0):
     torch.manual_seed(seed)
     return SequenceModel(d_input=1, d_output=10, d_model=8, layers=2, state_dim=4, l_max=data.seq_len, dropout=0.1)

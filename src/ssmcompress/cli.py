@@ -73,7 +73,7 @@ def _data_option(text: str) -> tuple[str, object]:
 
 # ----------------------------------------------------------------------------- shared pieces
 
-def _load_data(spec: str, options: dict, seed: int = 0):
+def _load_data(spec: str, options: dict):
     from .data import load_dataset
     return load_dataset(spec, **options)
 
@@ -173,13 +173,9 @@ def cmd_evaluate(args) -> int:
 
 
 def model_info(model) -> dict:
-    ssm_ids = {id(p) for m in model.ssm_layers() for p in m.parameters()}
-    params = sum(p.numel() for p in model.parameters())
-    ssm = sum(p.numel() for p in model.parameters() if id(p) in ssm_ids)
     cfg = model.config
     return {"kernel": cfg.get("kernel"), "init": cfg.get("init"), "d_model": cfg.get("d_model"),
-            "layers": cfg.get("layers"), "state_dims": list(model.state_dims),
-            "ssm_params": ssm, "other_params": params - ssm, "params": params}
+            "layers": cfg.get("layers"), "state_dims": list(model.state_dims), **model.parameter_counts()}
 
 
 def cmd_info(args) -> int:

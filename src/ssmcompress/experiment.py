@@ -85,10 +85,8 @@ def _train_run(folder: Path, model_kwargs: dict, tcfg: TrainConfig, data, run_co
 
 
 def _row(method, state_dim, seed, retrained, summary, run: Path, rank=None) -> dict:
-    from .cli import model_info
-
     model, _ = ckpt.load_model(run)
-    info = model_info(model)
+    info = {**model.parameter_counts(), "state_dims": model.state_dims}
     return {"method": method, "state_dim": state_dim, "rank": rank, "seed": seed, "retrained": retrained,
             "test_accuracy": summary.get("test_accuracy"), "val_accuracy": summary.get("best_val_accuracy"),
             "ssm_params": info["ssm_params"], "params": info["params"], "state_dims": info["state_dims"],

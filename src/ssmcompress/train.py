@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -282,7 +281,3 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         ckpt.write_json(out / "summary.json", summary)
     return summary
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2 ** 32))

@@ -193,18 +193,16 @@ class SequenceModel(nn.Module):
         """SSM parameters of all layers (log_dt, A, learnable B): own lr, no weight decay (S4)."""
         return [p for layer in self.ssm_layers() for p in layer.ssm_parameters()]
 
+    def parameter_counts(self) -> dict:
+        """``ssm_params`` (every parameter of the SSM layers: dt, A, B, C, D), ``other_params``, ``params``."""
+        params = sum(p.numel() for p in self.parameters())
+        ssm = sum(p.numel() for layer in self.ssm_layers() for p in layer.parameters())
+        return {"ssm_params": ssm, "other_params": params - ssm, "params": params}
+
     def other_parameters(self):
         """All trainable parameters not in :meth:`ssm_parameters`."""
         ssm = {id(p) for p in self.ssm_parameters()}
         return [p for p in self.parameters() if id(p) not in ssm]
-
-    def optimizer_groups(self, lr: float, weight_decay: float = 0.0, ssm_lr=None):
-        """Parameter groups for ``torch.optim.AdamW``: SSM parameters at ``ssm_lr``
-        (default ``min(lr, 1e-3)``) without weight decay, the rest at ``lr`` with ``weight_decay``."""
-        return [
-            dict(params=self.other_parameters(), lr=lr, weight_decay=weight_decay),
-            dict(params=self.ssm_parameters(), lr=min(lr, 1e-3) if ssm_lr is None else ssm_lr, weight_decay=0.0),
-        ]
 
     # ------------------------------------------------------------------ convolution mode
     def _encode(self, x):
