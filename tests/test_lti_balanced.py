@@ -241,3 +241,20 @@ def test_argument_errors():
         balanced_truncation(s, order=-1)
     with pytest.raises(TypeError, match="DiagonalSSM"):
         hankel_singular_values(np.eye(2))
+
+
+@pytest.mark.parametrize("A", [
+    [[-1.0, 1.0], [0.0, -1.0]],                                   # Jordan block: eigenvectors exactly parallel
+    [[-1.0, 1.0, 0.0], [0.0, -1.0, 1.0], [0.0, 0.0, -1.0]],       # order-3 Jordan block
+])
+def test_defective_reduced_system_names_the_channel(A):
+    from ssmcompress.lti import diagonalize
+
+    A = np.array(A)
+    r = A.shape[0]
+    good = np.diag(-np.arange(1.0, r + 1))
+    batch = np.stack([good, A, good])
+    with pytest.raises(ValueError, match=r"channel\(s\) \(1,\) is defective"):
+        diagonalize(batch, np.ones((3, r)), np.ones((3, r)))
+    out = diagonalize(batch[[0, 2]], np.ones((2, r)), np.ones((2, r)))   # the others are fine
+    assert out.n_modes == r

@@ -6,7 +6,7 @@ import scipy.linalg as sla
 from lti_cases import random_systems
 from ssmcompress.lti import (DiagonalSSM, controllability_gramian, gramian_factors,
                              observability_gramian)
-from ssmcompress.lti.gramians import geometric_sum, real_factor
+from ssmcompress.lti.gramians import cauchy_real_factor, geometric_sum, real_factor, real_gramian_factors
 
 
 def test_continuous_gramians_solve_lyapunov():
@@ -61,14 +61,45 @@ def test_geometric_sum_near_one():
 def test_factors_reproduce_gramians(domain, family):
     rng = np.random.default_rng(3)
     s = random_systems(family, 16, 4, rng, domain)
-    Lp, Lq = gramian_factors(s, pairs=True)
+    Lp, Lq, pp, pq = gramian_factors(s, pairs=True, return_pivots=True)
     Pc, Qc = controllability_gramian(s, basis="complex"), observability_gramian(s, basis="complex")
     np.testing.assert_allclose(Lp @ Lp.conj().swapaxes(-1, -2), Pc, atol=1e-13 * np.abs(Pc).max())
     np.testing.assert_allclose(Lq @ Lq.conj().swapaxes(-1, -2), Qc, atol=1e-13 * np.abs(Qc).max())
-    Fp, Fq = real_factor(Lp, "P"), real_factor(Lq, "Q")
     P, Q = controllability_gramian(s), observability_gramian(s)
+    Fp, Fq = real_factor(Lp, "P", pp), real_factor(Lq, "Q", pq)
+    # the one-pass factor from the generators is the same factor (same pivots, same mixing)
+    Gp, Gq = real_gramian_factors(s)
+    np.testing.assert_allclose(Gp, Fp, rtol=1e-12, atol=1e-14 * np.abs(Fp).max())
+    np.testing.assert_allclose(Gq, Fq, rtol=1e-12, atol=1e-14 * np.abs(Fq).max())
+    for F, X in ((Fp, P), (Fq, Q), (Gp, P), (Gq, Q)):
+        np.testing.assert_allclose(F @ F.swapaxes(-1, -2), X, atol=1e-13 * np.abs(X).max())
+
+
+@pytest.mark.parametrize("L", [3, 50])
+def test_finite_horizon_real_factors(L):
+    rng = np.random.default_rng(4)
+    s = random_systems("lin", 12, 3, rng, "discrete")
+    lam = s.modes.copy()
+    lam[:, 0] = 1.01 * np.exp(0.2j)                                  # unstable modes are fine with a horizon
+    lam[:, 1] = 0.7                                                  # and real ones
+    s = DiagonalSSM(lam, s.B, s.C, domain="discrete")
+    Fp, Fq = real_gramian_factors(s, horizon=L)
+    P, Q = controllability_gramian(s, horizon=L), observability_gramian(s, horizon=L)
     np.testing.assert_allclose(Fp @ Fp.swapaxes(-1, -2), P, atol=1e-13 * np.abs(P).max())
     np.testing.assert_allclose(Fq @ Fq.swapaxes(-1, -2), Q, atol=1e-13 * np.abs(Q).max())
+
+
+def test_real_factor_degenerate_modes():
+    """Real modes, a repeated mode, a nearly real mode and a zero channel keep F F^T = P."""
+    lam = np.array([[-1 + 0j, -2 + 1j, -2 + 1j, -0.5 + 1e-9j], [-1, -2, -3, -4], [-1 + 1j, -1 + 2j, -1 + 3j, -1 + 4j]])
+    B = np.array([[1, 1j, 2, 1 + 1j], [1, 2, 3, 4], [0, 0, 0, 0]], complex)
+    for domain, modes in (("continuous", lam), ("discrete", np.exp(0.3 * lam))):
+        s = DiagonalSSM(modes, B, 1.5 * B.conj(), domain=domain)
+        Fp, Fq = real_gramian_factors(s)
+        P, Q = controllability_gramian(s), observability_gramian(s)
+        np.testing.assert_allclose(Fp @ Fp.swapaxes(-1, -2), P, atol=1e-14 * np.abs(P).max())
+        np.testing.assert_allclose(Fq @ Fq.swapaxes(-1, -2), Q, atol=1e-14 * np.abs(Q).max())
+        assert not np.any(Fp[2]) and not np.any(Fq[2])
 
 
 def test_unstable_infinite_horizon_names_the_channel():

@@ -71,7 +71,7 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
     dt : optional, passed to the result
     domain : {"continuous", "discrete"}
     cond_max : float
-        Largest accepted condition number of the (column-normalised)
+        Largest accepted 1-norm condition number of the (column-normalised)
         eigenvector matrix; above it the channel counts as defective.
     return_counts : bool
         Also return the number of stored (non-padding) modes per channel.
@@ -112,7 +112,12 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
     w, S = np.linalg.eig(Af)                                                # (F, r), (F, r, r)
     w = w.astype(np.complex128)
     S = S.astype(np.complex128)
-    cond = np.linalg.cond(S)
+    try:
+        S_inv = np.linalg.inv(S)
+        cond = np.abs(S).sum(-2).max(-1) * np.abs(S_inv).sum(-2).max(-1)      # 1-norm condition number
+    except np.linalg.LinAlgError:                                           # an exactly singular S somewhere
+        S_inv = None
+        cond = np.linalg.cond(S, 1)
     bad = ~(cond <= cond_max)
     if np.any(bad):
         idx = np.unravel_index(np.flatnonzero(bad), batch) if batch else ()
@@ -122,7 +127,7 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
             f"{float(np.max(np.where(bad, cond, 0))):.1e} > {cond_max:.0e}), so it has no diagonal form; "
             f"reduce to an order one lower or higher."
         )
-    Bt = np.linalg.solve(S, Bf[..., None])[..., 0]                           # S^-1 B
+    Bt = (S_inv @ Bf[..., None].astype(np.complex128))[..., 0]                # S^-1 B
     Ct = np.einsum("fi,fik->fk", Cf.astype(np.complex128), S)                # C S
 
     real = w.imag == 0

@@ -31,6 +31,14 @@ relative accuracy, so the factor exists for every input and is accurate
 entry-wise even at condition numbers of 1e30.  The finite-horizon Gramians
 are factored by Cholesky with diagonal pivoting and clipping of
 non-positive pivots (rank-revealing, cannot fail).
+
+Real factors: pivoting a mode and its conjugate partner together makes
+``Pi conj(L) = L G`` (``Pi`` swaps the closure halves) with ``G`` block diagonal,
+2 x 2 symmetric unitary per pair; with ``G = H H^T`` (``H = sqrt(G)``, closed form)
+``T^-1 L H`` is real.  ``cauchy_real_factor`` does the pivoting, the Schur
+complements and this mixing in one pass over half-length arrays (after each
+pair step the generators are conjugate-symmetric again), which is what
+``real_gramian_factors`` and balanced truncation use.
 """
 from __future__ import annotations
 
@@ -50,6 +58,8 @@ __all__ = [
     "to_real_coordinates",
     "geometric_sum",
     "real_factor",
+    "cauchy_real_factor",
+    "real_gramian_factors",
     "check_stable",
 ]
 
@@ -205,7 +215,7 @@ def _in_basis(X, kind, basis):
     raise ValueError(f"basis must be 'real' or 'complex', got {basis!r}.")
 
 
-def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False):
+def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False, return_pivots=False):
     """Pivoted Cholesky factor of the Cauchy-like Gramian, from its generators only.
 
     ``G_ij = g_i conj(g_j) k(mu_i, mu_j)`` with ``k = 1/-(mu_i + conj mu_j)`` (continuous,
@@ -226,13 +236,16 @@ def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False):
         ``G = L L^*``; column k is the k-th pivot step (the largest remaining
         Schur-complement diagonal, or the partner of the previous pivot),
         zero once the remaining diagonal is exactly zero.
+    pivots : ndarray of int, shape (..., m), only with ``return_pivots``
+        Row of the pivot of each column.
     """
     mu = np.asarray(mu, np.complex128)
     g = np.array(g, np.complex128)
     m = mu.shape[-1]
     L = np.zeros(mu.shape + (m,), np.complex128)
+    pivots = np.zeros(mu.shape, int)
     if m == 0:
-        return L
+        return (L, pivots) if return_pivots else L
     diag_den = (1.0 - np.abs(mu) ** 2) if discrete else -2.0 * mu.real
     done = np.zeros(mu.shape, bool)
     p = None
@@ -256,77 +269,171 @@ def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False):
         L[..., k] = np.where(done, 0.0, g * gp.conj() / den * scale)
         g = np.where(ok, g * blaschke, g)                                     # generators of the Schur complement
         np.put_along_axis(done, p, True, -1)
-    return L
+        pivots[..., k] = p[..., 0]
+    return (L, pivots) if return_pivots else L
 
 
-def real_factor(L, kind):
+def _sqrt_sym_unitary(c, s):
+    """Square root ``H`` (symmetric, unitary) of ``G = [[conj c, s], [s, -c]]``, so ``H H^T = G``.
+
+    ``c`` complex, ``s >= 0`` real with ``|c|^2 + s^2 = 1``.  The eigenvalues of ``G`` are
+    ``+-q - i t`` (``t = Im c``, ``q = sqrt(1 - t^2)``); with square roots ``r1, r2`` of them,
+    ``sqrt(G) = (G + r1 r2 I) / (r1 + r2)``, the sign of ``r2`` chosen so that ``|r1 + r2| >= sqrt 2``.
+    Returns the entries ``h00, h01 (= h10), h11``.
+    """
+    t = c.imag
+    q = np.sqrt(np.maximum(1.0 - t * t, 0.0))
+    r1 = np.sqrt(q - 1j * t)
+    r2 = np.sqrt(-q - 1j * t)
+    r2 = np.where(np.abs(r1 + r2) >= np.abs(r1 - r2), r2, -r2)
+    tau = r1 + r2
+    rho = r1 * r2
+    return (c.conj() + rho) / tau, s / tau, (rho - c) / tau
+
+
+def _pair_mixing(a, x, b):
+    """Takagi mixing ``H`` (..., 2, 2) of one conjugate pair from its pivot block ``[[a, 0], [x, b]]``.
+
+    ``L`` (pair-pivoted factor of a conjugation-symmetric Gramian) satisfies
+    ``Pi conj(L) = L G`` with ``G`` block diagonal; on the pair, ``G = [[conj c, s], [s, -c]]``,
+    ``c = x / a``, ``s = b / a`` (a real eigenvalue gives ``s = 0``; a zero pivot ``a = 0`` gives
+    ``G = I``).  With ``H H^T = G``, ``T^-1 L H`` is real.
+    """
+    ok = a > 0
+    safe = np.where(ok, a, 1.0)
+    c = np.where(ok, x / safe, 1.0)
+    s = np.where(ok, b / safe, 0.0)
+    h00, h01, h11 = _sqrt_sym_unitary(c, s)
+    return np.stack([np.stack([h00, h01], -1), np.stack([h01, h11], -1)], -2)
+
+
+def real_factor(L, kind, pivots):
     """Real factor, in the coordinates of ``to_real()``, from a pair-pivoted closure factor.
 
-    For ``L`` from ``cauchy_cholesky(..., conjugate_pairs=True)`` the columns ``2j, 2j+1``
-    map (``T^-1``, resp. ``T^*``) to ``f, g`` with ``span{f, g} = span{Re f, Im f}``; the four
-    real vectors ``[Re f, Im f, Re g, Im g]`` (rank 2) are reduced to two by a
-    pivoted, re-orthogonalised Gram-Schmidt per pair.  Mixing happens only inside a pair, so the
-    grading of the factor (and its entry-wise accuracy) is kept.
+    For a conjugation-symmetric Gramian (``Pi conj(X) Pi = X``, ``Pi`` swapping the halves) a
+    factor ``L`` whose pivots come in partner pairs satisfies ``Pi conj(L) = L G`` with a block
+    diagonal, symmetric unitary ``G`` (2 x 2 per pair, read off the pivot rows).  With its Takagi
+    factor ``G = H H^T`` (``H = sqrt(G)``) the matrix ``T^-1 L H`` (resp. ``T^* L H``) is real,
+    because ``conj(T^-1) = T^-1 Pi``.  Mixing happens only inside a pair, with O(1) coefficients,
+    so the grading of the factor (and its entry-wise accuracy) is kept.
 
     Parameters
     ----------
     L : ndarray, complex, shape (..., m, m), m even
     kind : {"P", "Q"}
+    pivots : ndarray of int, shape (..., m)
+        Closure row of each column's pivot (``pivots[2j + 1]`` the partner of ``pivots[2j]``), as
+        returned by ``cauchy_cholesky`` / ``pivoted_cholesky`` with ``return_pivots=True``.
 
     Returns
     -------
     F : ndarray, float64, shape (..., m, m), with ``F F^T`` the real-realization Gramian.
     """
     m = L.shape[-1]
-    Z = to_real_coordinates(L, "factor_" + kind)                                # (..., m, m)
-    Z = Z.reshape(Z.shape[:-1] + (m // 2, 2))                                   # (..., m, pair, 2)
-    A = np.concatenate([Z.real, Z.imag], -1)                                    # (..., m, pair, 4), rank 2
-    F = _rank2_factor(np.ascontiguousarray(np.moveaxis(A, -3, -1)))             # (..., pair, 2, m)
-    F = np.moveaxis(F, -1, -3)                                                  # (..., m, pair, 2)
-    return np.ascontiguousarray(F.reshape(F.shape[:-2] + (m,)))
+    n = m // 2
+    p1, p2 = pivots[..., 0::2], pivots[..., 1::2]                              # (..., n)
+    col1, col2 = L[..., 0::2], L[..., 1::2]                                     # (..., m, n)
+    a = np.take_along_axis(col1, p1[..., None, :], -2)[..., 0, :].real
+    x = np.take_along_axis(col1, p2[..., None, :], -2)[..., 0, :]
+    b = np.take_along_axis(col2, p2[..., None, :], -2)[..., 0, :].real
+    H = _pair_mixing(a, x, b)                                                   # (..., n, 2, 2)
+    W = np.stack([col1 * H[..., None, :, 0, 0] + col2 * H[..., None, :, 1, 0],
+                  col1 * H[..., None, :, 0, 1] + col2 * H[..., None, :, 1, 1]], -1)  # (..., m, n, 2)
+    W = W.reshape(W.shape[:-2] + (m,))
+    return np.ascontiguousarray(to_real_coordinates(W, "factor_" + kind).real)
 
 
-def _orthogonalize(u, a):
-    """Remove the component along unit vectors ``u`` (..., m) from ``a`` (..., k, m), twice."""
-    for _ in range(2):
-        a = a - (a @ u[..., :, None]) * u[..., None, :]
-    return a
+def cauchy_real_factor(lam, g, discrete=False):
+    """Real factor of the real-realization Gramian of a diagonal system, from its generators.
 
+    The controllability Gramian of ``DiagonalSSM(lam, g, ...)`` (conjugate closure: nodes
+    ``[lam, conj lam]``, generators ``[g, conj g]``) factored by ``cauchy_cholesky`` with conjugate
+    pairs and mixed to real form as in ``real_factor``, in one pass over half-length arrays: each
+    step pivots a mode and its conjugate partner (the largest remaining Schur-complement diagonal),
+    after which the Schur-complement generators are again conjugate-symmetric.  For the
+    observability Gramian (``to_real()`` coordinates) use ``2 * cauchy_real_factor(conj lam, conj C)``.
 
-def _pick_largest(a):
-    """Row of ``a`` (..., k, m) with the largest norm, and that norm."""
-    nrm = np.sqrt(np.sum(a * a, -1))
-    p = np.argmax(nrm, -1)[..., None]
-    v = np.take_along_axis(a, p[..., None], -2)[..., 0, :]
-    return v, np.take_along_axis(nrm, p, -1)[..., 0]
+    Parameters
+    ----------
+    lam, g : ndarray, complex, shape (F, n); stable modes (``Re lam < 0``, discrete ``|lam| < 1``)
+        wherever ``g != 0``
+    discrete : bool
 
-
-def _rank2_factor(a):
-    """Two vectors ``f1, f2`` (..., 2, m) with ``f1 f1^T + f2 f2^T = sum_k a_k a_k^T`` for rank-2 ``a`` (..., 4, m).
-
-    Gram-Schmidt with pivoting (largest vector first, re-orthogonalised): ``a = K^T U``
-    with orthonormal ``U`` (2, m) and coefficients ``K`` (2, 4); then ``K K^T = L L^T`` with
-    ``L`` from a second pivot-free Gram-Schmidt on the rows of ``K``; ``f = L^T U``.
+    Returns
+    -------
+    F : ndarray, float64, shape (F, 2n, 2n): ``F F^T = P`` of ``to_real()``; columns ``2j, 2j + 1``
+        are the j-th pivot pair, column norms non-increasing pair-wise.
     """
-    v1, n1 = _pick_largest(a)
-    u1 = v1 / np.where(n1 > 0, n1, 1.0)[..., None]
-    r = _orthogonalize(u1, a)
-    v2, n2 = _pick_largest(r)
-    u2 = v2 / np.where(n2 > 0, n2, 1.0)[..., None]
-    c = (a @ u1[..., :, None])[..., 0]                                          # (..., 4)
-    d = (a @ u2[..., :, None])[..., 0]
-    # K = [c; d] (2 x 4); L L^T = K K^T with L lower triangular, by Gram-Schmidt on c, d
-    l11 = np.sqrt(np.einsum("...k,...k->...", c, c))
-    e = c / np.where(l11 > 0, l11, 1.0)[..., None]
-    l21 = np.einsum("...k,...k->...", d, e)
-    res = d - l21[..., None] * e
-    l22 = np.sqrt(np.einsum("...k,...k->...", res, res))
-    f1 = l11[..., None] * u1 + l21[..., None] * u2
-    f2 = l22[..., None] * u2
-    return np.stack([f1, f2], -2)
+    lam = np.asarray(lam, np.complex128)
+    g = np.array(g, np.complex128)
+    nb, n = lam.shape
+    dd = (1.0 - (lam.real ** 2 + lam.imag ** 2)) if discrete else -2.0 * lam.real
+    active = dd > 0
+    inv_dd = np.where(active, 1.0 / np.where(active, dd, 1.0), 0.0)
+    g = np.where(active, g, 0.0)
+    lam = np.where(active, lam, 0.0 if discrete else -1.0)                      # park modes without signal
+    perm = np.broadcast_to(np.arange(n), (nb, n)).copy()
+    out = np.zeros((nb, 2, n, n, 2))                                            # (F, re/im row, mode, pair, column)
+    rows = np.arange(nb)
+    r2 = rows[:, None]
+    sgn = 1.0 if discrete else -1.0
+    for j in range(n):
+        # positions j.. hold the modes not pivoted yet (perm: position -> mode); the others' rows are zero
+        gj, lj, ij = g[:, j:], lam[:, j:], inv_dd[:, j:]
+        d = (gj * gj.conj()).real * ij                                          # Schur-complement diagonal
+        k = j + np.argmax(d, -1)
+        for arr in (g, lam, inv_dd, perm):                                      # pivot mode to position j
+            arr[rows, j], arr[rows, k] = arr[rows, k], arr[rows, j]
+        dk = d[rows, k - j]
+        ok = dk > 0
+        nu = lam[:, j]
+        h = g[:, j]
+        nuc = nu.conj()
+        # it = 1/den(lam, nu), itc = 1/den(lam, conj nu); den = -(mu + conj nu) or 1 - mu conj nu
+        if discrete:
+            it = 1.0 / (1.0 - lj * nuc[:, None])
+            itc = 1.0 / (1.0 - lj * nu[:, None])
+            ibk = 1.0 / (1.0 - nuc * nuc)                                       # 1/den(conj nu, nu)
+        else:
+            it = -1.0 / (lj + nuc[:, None])
+            itc = -1.0 / (lj + nu[:, None])
+            ibk = -0.5 / nuc
+        a = np.sqrt(np.where(ok, dk, 1.0))
+        h2 = sgn * h.conj() * (nuc - nu) * ibk                                  # partner's generator after step 1
+        b = np.where(ok, np.abs(h2) * np.sqrt(inv_dd[:, j]), 0.0)
+        ok2 = b > 0
+        coef1 = np.where(ok, h.conj() / a, 0.0)
+        coef2 = np.where(ok2, sgn * h2.conj() / np.where(ok2, b, 1.0), 0.0)
+        h00, h01, h11 = _sqrt_sym_unitary(np.where(ok, coef1 * h.conj() * ibk / a, 1.0),   # c = x / a
+                                          np.where(ok, b / a, 0.0))
+        A1 = (coef1 * h00)[:, None]
+        A2 = (coef2 * h01)[:, None]
+        A3 = (coef1 * h01)[:, None]
+        A4 = (coef2 * h11)[:, None]
+        lmn = lj - nu[:, None]
+        lmc = lj - nuc[:, None]
+        u = gj * it                                                             # top rows of column 1 / coef1
+        uc = gj * itc                                                           # conj of its bottom rows
+        w = u * itc
+        v = w * lmn                                                             # top rows of column 2 / coef2
+        vc = w * lmc                                                            # conj of its bottom rows
+        # column t of the pair in real coordinates: (Re, Im) of top + conj(bottom), halved
+        X = u * A1 + v * A2 + uc * A1.conj() + vc * A2.conj()
+        modes = perm[:, j:]
+        out[r2, 0, modes, j, 0] = X.real
+        out[r2, 1, modes, j, 0] = X.imag
+        X = u * A3 + v * A4 + uc * A3.conj() + vc * A4.conj()
+        out[r2, 0, modes, j, 1] = X.real
+        out[r2, 1, modes, j, 1] = X.imag
+        if ok2.all():
+            gj[...] = v * lmc                                                   # generators after both pivots
+        else:
+            gj[...] = np.where(ok2[:, None], v * lmc, np.where(ok[:, None], sgn * u * lmn, gj))
+    out *= 0.5
+    return out.reshape(nb, 2 * n, 2 * n)
 
 
-def pivoted_cholesky(G, conjugate_pairs=False):
+def pivoted_cholesky(G, conjugate_pairs=False, return_pivots=False):
     """Cholesky factor with diagonal pivoting of Hermitian positive semi-definite ``G``.
 
     Non-positive remaining pivots (rounding) are clipped to zero, so the factor
@@ -338,6 +445,9 @@ def pivoted_cholesky(G, conjugate_pairs=False):
     conjugate_pairs : bool
         As in ``cauchy_cholesky``: pivot ``i`` is followed by its partner ``(i + m/2) % m``.
 
+    return_pivots : bool
+        Also return the pivot row of each column, shape (..., m).
+
     Returns
     -------
     L : ndarray, complex, shape (..., m, m)
@@ -345,6 +455,7 @@ def pivoted_cholesky(G, conjugate_pairs=False):
     S = np.array(G, np.complex128)
     m = S.shape[-1]
     L = np.zeros_like(S)
+    pivots = np.zeros(S.shape[:-1], int)
     done = np.zeros(S.shape[:-1], bool)
     tiny = np.finfo(float).tiny
     p = None
@@ -358,10 +469,57 @@ def pivoted_cholesky(G, conjugate_pairs=False):
         L[..., k] = col
         S -= col[..., :, None] * col[..., None, :].conj()
         np.put_along_axis(done, p[..., None], True, -1)
-    return L
+        pivots[..., k] = p
+    return (L, pivots) if return_pivots else L
 
 
-def gramian_factors(sys, horizon=None, pairs=False):
+def _parked_closure(sys):
+    """Conjugate closure with unstable modes that carry no signal parked (harmless for the Gramians)."""
+    mu, beta, gamma = conjugate_closure(sys)
+    inactive = np.concatenate([sys.residues == 0] * 2, -1)
+    park = -1.0 if not sys.is_discrete else 0.0
+    unstable = ~(np.abs(mu) < 1.0) if sys.is_discrete else ~(mu.real < 0.0)
+    mu = np.where(inactive & unstable, park, mu)
+    beta = np.where(inactive & unstable, 0.0, beta)
+    gamma = np.where(inactive & unstable, 0.0, gamma)
+    return mu, beta, gamma
+
+
+def real_gramian_factors(sys, horizon=None):
+    """Real factors ``P = Fp Fp^T``, ``Q = Fq Fq^T`` of the Gramians of ``sys.to_real()``.
+
+    Infinite horizon: ``cauchy_real_factor`` (generators only, pair pivoting, one pass).
+    Finite horizon ``L``: pair-pivoted Cholesky of the closed-form Gramians, made real by
+    ``real_factor``.  Both keep the grading of the factors (only the two columns of a
+    conjugate pair are mixed).
+
+    Parameters
+    ----------
+    sys : DiagonalSSM with batch shape (F,)
+    horizon : int, optional
+
+    Returns
+    -------
+    Fp, Fq : ndarray, float64, shape (F, 2n, 2n)
+    """
+    _check_system(sys)
+    horizon = _check_horizon(sys, horizon)
+    if horizon is None:
+        check_stable(sys, "Hankel singular values and balanced truncation with an infinite horizon")
+        mu, beta, gamma = _parked_closure(sys)
+        n, nb = sys.n_modes, mu.shape[0]
+        # both factors in one pass (twice the rows per numpy call)
+        F = cauchy_real_factor(np.concatenate([mu[..., :n], mu[..., :n].conj()]),
+                               np.concatenate([beta[..., :n], gamma[..., :n].conj()]), sys.is_discrete)
+        return F[:nb], 2.0 * F[nb:]
+    mu, beta, gamma = conjugate_closure(sys)
+    Lp, pp = pivoted_cholesky(_gramian(mu, beta, True, horizon), conjugate_pairs=True, return_pivots=True)
+    Lq, pq = pivoted_cholesky(_gramian(mu.conj(), gamma.conj(), True, horizon), conjugate_pairs=True,
+                              return_pivots=True)
+    return real_factor(Lp, "P", pp), real_factor(Lq, "Q", pq)
+
+
+def gramian_factors(sys, horizon=None, pairs=False, return_pivots=False):
     """Factors of both Gramians of the conjugate closure: ``P = Lp Lp^*``, ``Q = Lq Lq^*``.
 
     Parameters
@@ -371,28 +529,27 @@ def gramian_factors(sys, horizon=None, pairs=False):
         Kernel length L for finite-horizon Gramians of a discrete system.
     pairs : bool
         Pivot conjugate partners together (needed by ``real_factor``).
+    return_pivots : bool
+        Also return the pivot rows ``(pp, pq)``, each of shape (..., 2n).
 
     Returns
     -------
     Lp, Lq : ndarray, complex, shape (..., 2n, 2n)
         Factors on the conjugate-closure state (``to_real_coordinates(Lp, "factor_P")``
         gives a factor of the real-realization Gramian).
+    pp, pq : ndarray of int, only with ``return_pivots``
     """
     _check_system(sys)
     horizon = _check_horizon(sys, horizon)
-    mu, beta, gamma = conjugate_closure(sys)
     if horizon is None:
         check_stable(sys, "Hankel singular values and balanced truncation with an infinite horizon")
-        # modes that carry no signal (B = 0 or C = 0) are harmless even when unstable: park them
-        inactive = np.concatenate([sys.residues == 0] * 2, -1)
-        park = -1.0 if not sys.is_discrete else 0.0
-        unstable = ~(np.abs(mu) < 1.0) if sys.is_discrete else ~(mu.real < 0.0)
-        mu = np.where(inactive & unstable, park, mu)
-        beta = np.where(inactive & unstable, 0.0, beta)
-        gamma = np.where(inactive & unstable, 0.0, gamma)
-        Lp = cauchy_cholesky(mu, beta, sys.is_discrete, conjugate_pairs=pairs)
-        Lq = cauchy_cholesky(mu.conj(), gamma.conj(), sys.is_discrete, conjugate_pairs=pairs)
-        return Lp, Lq
-    Lp = pivoted_cholesky(_gramian(mu, beta, True, horizon), conjugate_pairs=pairs)
-    Lq = pivoted_cholesky(_gramian(mu.conj(), gamma.conj(), True, horizon), conjugate_pairs=pairs)
-    return Lp, Lq
+        mu, beta, gamma = _parked_closure(sys)
+        Lp, pp = cauchy_cholesky(mu, beta, sys.is_discrete, conjugate_pairs=pairs, return_pivots=True)
+        Lq, pq = cauchy_cholesky(mu.conj(), gamma.conj(), sys.is_discrete, conjugate_pairs=pairs,
+                                 return_pivots=True)
+    else:
+        mu, beta, gamma = conjugate_closure(sys)
+        Lp, pp = pivoted_cholesky(_gramian(mu, beta, True, horizon), conjugate_pairs=pairs, return_pivots=True)
+        Lq, pq = pivoted_cholesky(_gramian(mu.conj(), gamma.conj(), True, horizon), conjugate_pairs=pairs,
+                                  return_pivots=True)
+    return (Lp, Lq, pp, pq) if return_pivots else (Lp, Lq)
