@@ -8,7 +8,7 @@ Also times python-control's ``balred`` loop.  Prints the times, the speed ratios
 largest relative Hankel-singular-value difference (over values >= 1e-12 of each
 channel's largest).
 
-    python benchmarks/bench_reduce.py [--n-state 64 256] [--slycot-max 1536]
+    python benchmarks/bench_reduce.py [--n-state 64 256] [--slycot-max 1536] [--workers 2]
 """
 from __future__ import annotations
 
@@ -65,6 +65,22 @@ def balred_loop(sys, r):
         control.balred(control.ss(A[h], B[h], C[h], D[h]), r, method="truncate")
 
 
+def lapack_svd_time(sys, workers, repeats):
+    """Seconds for numpy's batched LAPACK SVD alone (full, and values only) of the products
+    ``Fq^T Fp`` of all channels, on the same worker threads and chunks as balanced_truncation."""
+    from ssmcompress.lti import balanced
+
+    flat = sys.batch_shape[0]
+    chunks = balanced._chunks(flat, sys.order, workers)
+    Ms = [balanced._real_factors(sys[sl], None)[2] for sl in chunks]
+    full = _best_of(lambda: balanced._map_chunks(lambda sl: np.linalg.svd(Ms[sl.start // chunks[0].stop]),
+                                                 flat, sys.order, workers), repeats)[0]
+    values = _best_of(lambda: balanced._map_chunks(
+        lambda sl: np.linalg.svd(Ms[sl.start // chunks[0].stop], compute_uv=False), flat, sys.order, workers),
+        repeats)[0]
+    return full, values
+
+
 def _best_of(fn, repeats):
     best = float("inf")
     for _ in range(repeats):
@@ -81,7 +97,7 @@ def main():
     ap.add_argument("--workers", type=int, default=None, help="threads for ssmcompress (default: all CPUs)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs of the vectorised call")
     ap.add_argument("--slycot-max", type=int, default=None,
-                    help="systems in the reference loops (time scaled up); default all for N<=64, 256 above")
+                    help="systems in the reference loops (time scaled up); default all for N<=64, 128 above")
     args = ap.parse_args()
     import control  # noqa: F401  (imported here so that no loop pays for the import)
     import slycot  # noqa: F401
@@ -89,7 +105,7 @@ def main():
     for N in args.n_state:
         sys = trained_like_model(N)
         H = sys.batch_shape[0]
-        k = min(H, args.slycot_max or (H if N <= 64 else 256))
+        k = min(H, args.slycot_max or (H if N <= 64 else 128))
         balanced_truncation(sys[:8], order=args.order, workers=args.workers)    # warm-up, not timed
         slycot_loop(sys[:2], args.order)
         balred_loop(sys[:2], args.order)
@@ -102,6 +118,7 @@ def main():
         # the LAPACK floor of any SVD-based method: the singular values alone of the 1536 products
         # Fq^T Fp, on the same worker threads (no factors, no vectors, no reduced systems)
         t_floor, _ = _best_of(lambda: hankel_singular_values(sys, workers=args.workers), args.repeats)
+        t_svd = lapack_svd_time(sys, args.workers, args.repeats) if N <= 128 else None
         ours = res.hsv[:k]
         keep = ref >= 1e-12 * ref[:, :1]
         rel = np.abs(ours - ref) / np.where(keep, ref, 1.0)
@@ -114,6 +131,10 @@ def main():
         print(f"  control.balred loop                        {t_balred:8.3f} s   ratio {t_balred / t_ours:6.1f}x")
         print(f"  ssmcompress hankel_singular_values only    {t_floor:8.3f} s   ratio {t_ref / t_floor:6.1f}x "
               f"(values only: factors + values-only SVD)")
+        if t_svd is not None:
+            print(f"  LAPACK SVD alone of the {H} products Fq^T Fp: full (gesdd) {t_svd[0]:.3f} s -> at most "
+                  f"{t_ref / t_svd[0]:.1f}x for any method using it; values only {t_svd[1]:.3f} s -> at most "
+                  f"{t_ref / t_svd[1]:.1f}x")
         print(f"  max rel HSV diff vs slycot (values >= 1e-12 of largest) {rel[keep].max():.2e}; "
               f"largest abs diff / largest HSV {np.max(np.abs(ours - ref) / ref[:, :1]):.1e}; "
               f"reduced stable: {bool(res.system.is_stable().all())}; stored modes {res.system.n_modes}")

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import scipy.linalg as sla
+from hypothesis import given, settings, strategies as st
 
 from lti_cases import random_systems
 from ssmcompress.lti import (DiagonalSSM, controllability_gramian, gramian_factors,
@@ -111,3 +112,44 @@ def test_unstable_infinite_horizon_names_the_channel():
         controllability_gramian(s, horizon=4)
     with pytest.raises(ValueError, match="positive integer"):
         controllability_gramian(DiagonalSSM(lam / 4, 1, 1, domain="discrete"), horizon=0)
+
+
+_mode_kind = st.sampled_from(["complex", "real", "repeat", "near_real", "zero_b"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_mode_kind, min_size=1, max_size=7), st.booleans(), st.integers(0, 2 ** 31 - 1))
+def test_real_factor_any_mode_mix(kinds, discrete, seed):
+    """F F^T = P on the real realization for any mix of complex, real, repeated, nearly real and
+    signal-free modes, in both domains; one-pass factor == closure factor + Takagi mixing."""
+    rng = np.random.default_rng(seed)
+    lam, B = [], []
+    for kind in kinds:
+        z = -np.exp(rng.normal(0, 1)) + 1j * rng.normal(0, 5)
+        if kind == "real":
+            z = z.real + 0j
+        elif kind == "near_real":
+            z = z.real + 1e-9j
+        elif kind == "repeat" and lam:
+            z = lam[int(rng.integers(len(lam)))]
+        lam.append(z)
+        B.append(0j if kind == "zero_b" else rng.normal() + 1j * rng.normal())
+    lam, B = np.array([lam]), np.array([B])
+    if discrete:
+        lam = np.exp(0.2 * lam)
+    s = DiagonalSSM(lam, B, rng.normal(size=B.shape) + 1j * rng.normal(size=B.shape),
+                    domain="discrete" if discrete else "continuous")
+    Fp, Fq = real_gramian_factors(s)
+    P, Q = controllability_gramian(s), observability_gramian(s)
+    for F, X in ((Fp, P), (Fq, Q)):
+        np.testing.assert_allclose(F @ F.swapaxes(-1, -2), X, atol=1e-13 * max(np.abs(X).max(), 1e-300))
+    Lp, Lq, pp, pq = gramian_factors(s, pairs=True, return_pivots=True)
+    np.testing.assert_allclose(real_factor(Lp, "P", pp) @ real_factor(Lp, "P", pp).swapaxes(-1, -2), P,
+                               atol=1e-13 * max(np.abs(P).max(), 1e-300))
+
+
+def test_factor_argument_errors():
+    with pytest.raises(ValueError, match=r"shape \(F, n\)"):
+        cauchy_real_factor(np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="m even"):
+        real_factor(np.ones((2, 3, 3)), "P", np.zeros((2, 3), int))

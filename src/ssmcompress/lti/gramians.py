@@ -329,7 +329,12 @@ def real_factor(L, kind, pivots):
     -------
     F : ndarray, float64, shape (..., m, m), with ``F F^T`` the real-realization Gramian.
     """
+    L = np.asarray(L)
+    pivots = np.asarray(pivots)
     m = L.shape[-1]
+    if L.ndim < 2 or L.shape[-2] != m or m % 2 or pivots.shape != L.shape[:-1]:
+        raise ValueError(f"real_factor needs L of shape (..., m, m) with m even and pivots of shape (..., m), "
+                         f"got {L.shape} and {pivots.shape}.")
     n = m // 2
     p1, p2 = pivots[..., 0::2], pivots[..., 1::2]                              # (..., n)
     col1, col2 = L[..., 0::2], L[..., 1::2]                                     # (..., m, n)
@@ -362,10 +367,13 @@ def cauchy_real_factor(lam, g, discrete=False):
     Returns
     -------
     F : ndarray, float64, shape (F, 2n, 2n): ``F F^T = P`` of ``to_real()``; columns ``2j, 2j + 1``
-        are the j-th pivot pair, column norms non-increasing pair-wise.
+        belong to the j-th pivot pair (the first pivot of each pair, the largest remaining
+        Schur-complement diagonal, does not increase from pair to pair).
     """
     lam = np.asarray(lam, np.complex128)
     g = np.array(g, np.complex128)
+    if lam.ndim != 2 or g.shape != lam.shape:
+        raise ValueError(f"lam and g must both have shape (F, n), got {lam.shape} and {g.shape}.")
     nb, n = lam.shape
     dd = (1.0 - (lam.real ** 2 + lam.imag ** 2)) if discrete else -2.0 * lam.real
     active = dd > 0
