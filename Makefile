@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_reduce.py
+	$(PY) benchmarks/lapack_floor.py
 	$(PY) benchmarks/bench_train.py
 
 clean:
