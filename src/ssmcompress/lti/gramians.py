@@ -273,6 +273,32 @@ def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False, return_pivots=
     return (L, pivots) if return_pivots else L
 
 
+def _two_product(a, b):
+    """``a * b = p + e`` exactly (Dekker's splitting; float64 arrays)."""
+    p = a * b
+    split = 134217729.0                                                          # 2^27 + 1
+    ah = split * a
+    ah = ah - (ah - a)
+    bh = split * b
+    bh = bh - (bh - b)
+    al, bl = a - ah, b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def one_minus_abs2(lam):
+    """``1 - |lam|^2`` to full relative accuracy also for ``|lam|`` near 1 (discrete modes near the
+    unit circle, where the plain formula loses ``eps / (1 - |lam|)`` relative)."""
+    lam = np.asarray(lam, np.complex128)
+    p, ep = _two_product(lam.real, lam.real)
+    q, eq = _two_product(lam.imag, lam.imag)
+    big, small = np.maximum(p, q), np.minimum(p, q)
+    t = 1.0 - big                                                               # exact for big in [1/2, 2]
+    u = t - small
+    bv = u - t                                                                  # two-sum error of t - small
+    eu = (t - (u - bv)) + (-small - bv)
+    return u + (eu - ep - eq)
+
+
 def _sqrt_sym_unitary(c, s):
     """Square root ``H`` (symmetric, unitary) of ``G = [[conj c, s], [s, -c]]``, so ``H H^T = G``.
 
@@ -282,7 +308,7 @@ def _sqrt_sym_unitary(c, s):
     Returns the entries ``h00, h01 (= h10), h11``.
     """
     t = c.imag
-    q = np.sqrt(np.maximum(1.0 - t * t, 0.0))
+    q = np.hypot(c.real, s)                                                    # = sqrt(1 - t^2), no cancellation
     r1 = np.sqrt(q - 1j * t)
     r2 = np.sqrt(-q - 1j * t)
     r2 = np.where(np.abs(r1 + r2) >= np.abs(r1 - r2), r2, -r2)
@@ -375,7 +401,7 @@ def cauchy_real_factor(lam, g, discrete=False):
     if lam.ndim != 2 or g.shape != lam.shape:
         raise ValueError(f"lam and g must both have shape (F, n), got {lam.shape} and {g.shape}.")
     nb, n = lam.shape
-    dd = (1.0 - (lam.real ** 2 + lam.imag ** 2)) if discrete else -2.0 * lam.real
+    dd = one_minus_abs2(lam) if discrete else -2.0 * lam.real
     active = dd > 0
     inv_dd = np.where(active, 1.0 / np.where(active, dd, 1.0), 0.0)
     g = np.where(active, g, 0.0)
@@ -420,6 +446,7 @@ def cauchy_real_factor(lam, g, discrete=False):
         A4 = (coef2 * h11)[:, None]
         lmn = lj - nu[:, None]
         lmc = lj - nuc[:, None]
+        it[:, 0] = inv_dd[:, j]                                                 # 1/den(nu, nu), without cancellation
         u = gj * it                                                             # top rows of column 1 / coef1
         uc = gj * itc                                                           # conj of its bottom rows
         w = u * itc
