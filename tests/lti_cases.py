@@ -4,7 +4,7 @@ import numpy as np
 
 from ssmcompress.lti import DiagonalSSM
 
-FAMILIES = ("lin", "inv", "real", "legs")
+FAMILIES = ("lin", "inv", "real", "legs", "near_real")
 
 
 def skew_hippo_modes(N):
@@ -25,6 +25,8 @@ def init_modes(family, N):
         return -(k + 1.0) + 0j
     if family == "legs":
         return skew_hippo_modes(N)
+    if family == "near_real":     # S4D-Real whose imaginary parts training moved off zero a little
+        return -(k + 1.0) + 0j
     raise ValueError(family)
 
 
@@ -36,6 +38,8 @@ def random_systems(family, N, H, rng, domain="continuous", perturb=True):
         re = lam.real * np.exp(rng.normal(0.0, 0.5, (H, n)))
         im = lam.imag * (1.0 + 0.05 * rng.normal(size=(H, n))) + (lam.imag != 0) * 0.01 * rng.normal(size=(H, n))
         lam = re + 1j * im
+        if family == "near_real":
+            lam = lam.real * (1 + 1j * 10 ** rng.uniform(-9, -2, (H, n)) * rng.choice([-1, 1], (H, n)))
     B = rng.normal(size=(H, n)) + 1j * rng.normal(size=(H, n))
     C = (rng.normal(size=(H, n)) + 1j * rng.normal(size=(H, n))) * np.exp(rng.normal(0, 1, (H, 1)))
     if family == "real" and rng.random() < 0.5:

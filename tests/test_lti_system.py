@@ -146,3 +146,22 @@ def test_freqresp_property(n, re, im, seed):
     om = np.array([0.0, 0.7, 5.0])
     np.testing.assert_allclose(s.freqresp(om), dense_tf(A, B, C, D, 1j * om), rtol=1e-9, atol=1e-12)
     assert s.hinf_norm() >= np.abs(s.freqresp(np.linspace(0, 50, 501))).max() * (1 - 1e-12)
+
+
+def test_batch_indexing_with_arrays_masks_and_ellipsis():
+    rng = np.random.default_rng(12)
+    lam = -rng.uniform(0.1, 1, (4, 3, 5)) + 1j * rng.normal(size=(4, 3, 5))
+    s = DiagonalSSM(lam, rng.normal(size=(4, 3, 5)) + 0j, rng.normal(size=(4, 3, 5)) + 0j,
+                    D=rng.normal(size=(4, 3)), dt=rng.uniform(0.01, 0.1, (4, 3)))
+    cases = [  # (batch index, the same index on the (..., n) mode arrays)
+        (np.array([0, 2]), (np.array([0, 2]), Ellipsis)),
+        (np.array([True, False, True, True]), (np.array([True, False, True, True]), Ellipsis)),
+        ((slice(1, 3), 2), (slice(1, 3), 2, slice(None))),
+        ((Ellipsis, 1), (Ellipsis, 1, slice(None))),
+        ((np.array([3, 0]), np.array([1, 2])), (np.array([3, 0]), np.array([1, 2]), slice(None))),
+    ]
+    for index, on_modes in cases:
+        sub = s[index]
+        np.testing.assert_array_equal(sub.modes, lam[on_modes])
+        np.testing.assert_array_equal(sub.dt, s.dt[index])
+        np.testing.assert_array_equal(sub.D, s.D[index])

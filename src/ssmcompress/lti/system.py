@@ -159,12 +159,13 @@ class DiagonalSSM:
                 f"n_modes={self.n_modes}, dt={dt})")
 
     def __getitem__(self, index):
-        """Index the batch dimensions (never the mode axis): ``sys[3]``, ``sys[:, 1:4]``."""
+        """Index the batch dimensions (never the mode axis): ``sys[3]``, ``sys[:, 1:4]``, ``sys[[0, 2]]``."""
         if not isinstance(index, tuple):
             index = (index,)
         if len(self.batch_shape) == 0:
             raise IndexError("a DiagonalSSM with scalar batch shape cannot be indexed.")
-        idx_modes = index + (Ellipsis, slice(None)) if Ellipsis not in index else index + (slice(None),)
+        has_ellipsis = any(i is Ellipsis for i in index)                   # (`in` would compare arrays)
+        idx_modes = index + (slice(None),) if has_ellipsis else index + (Ellipsis, slice(None))
         dt = None if self.dt is None else self.dt[index]
         return DiagonalSSM(self.modes[idx_modes], self.B[idx_modes], self.C[idx_modes],
                            self.D[index], dt, self.domain)
