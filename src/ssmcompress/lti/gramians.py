@@ -481,7 +481,6 @@ def pivoted_cholesky(G, conjugate_pairs=False, return_pivots=False):
     G : ndarray, complex, shape (..., m, m)
     conjugate_pairs : bool
         As in ``cauchy_cholesky``: pivot ``i`` is followed by its partner ``(i + m/2) % m``.
-
     return_pivots : bool
         Also return the pivot row of each column, shape (..., m).
 
