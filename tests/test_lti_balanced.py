@@ -1,4 +1,6 @@
 """Hankel singular values and balanced truncation against slycot, mpmath and the error bound."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -8,23 +10,25 @@ from ssmcompress.lti import DiagonalSSM, balanced_truncation, hankel_singular_va
 DOMAINS = ("continuous", "discrete")
 
 
-def assert_hsv_close(ours, ref, rtol=1e-9, atol_rel=0.0):
-    """|ours - ref| <= rtol * ref + atol_rel * ref_max for every ref >= 1e-12 of its channel's largest."""
-    keep = ref >= 1e-12 * ref[..., :1]
+def assert_hsv_close(ours, ref, rtol=1e-9, atol_rel=0.0, cutoff=1e-12):
+    """|ours - ref| <= rtol * ref + atol_rel * ref_max for every ref >= cutoff * its channel's largest."""
+    keep = ref >= cutoff * ref[..., :1]
     err = np.abs(ours - ref)
     ok = err <= rtol * ref + atol_rel * ref[..., :1]
     assert np.all(ok | ~keep), f"worst relative error {np.max(np.where(keep, err / np.where(keep, ref, 1), 0)):.2e}"
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "near_real"])
 def test_hsv_match_slycot(family, domain):
     """About 50 systems per case (400 in all), N up to 256.
 
     slycot's own absolute error near 1e-12 of the largest value is ~1e-18 of it (see
     test_hsv_match_extended_precision: ours are exact there), hence the absolute term.
+    Not for modes near the real axis: there slycot's values are off by up to 4e-6 relative
+    (ours match 40-digit references to 1e-15; test_hsv_extreme_modes_against_extended_precision).
     """
-    rng = np.random.default_rng(abs(hash((family, domain))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{family}-{domain}".encode()))
     for N, H in ((8, 12), (16, 12), (32, 12), (64, 12), (256, 1)):
         s = random_systems(family, N, H, rng, domain)
         ours = hankel_singular_values(s)
@@ -68,14 +72,16 @@ def mp_hsv_closure(s, dps=40):
 
 
 def test_hsv_match_extended_precision():
-    """Strict: 1e-9 relative for every value >= 1e-12 of the largest, against 40-60 digit references."""
+    """Strict: 1e-9 relative for every value >= 1e-12 of the largest, against 40-60 digit references;
+    on the S4D-Real case even 1e-12 relative down to 1e-18 of the largest."""
     rng = np.random.default_rng(7)
     s = random_systems("real", 64, 1, rng)[0]
     s = DiagonalSSM(s.modes, s.B, s.C)
-    ref = mp_hsv_minimal_real(s.modes.real, 2 * (s.C * s.B).real)       # the closure's nonzero HSVs
+    ref = mp_hsv_minimal_real(s.modes.real, 2 * (s.C * s.B).real, dps=80)   # the closure's nonzero HSVs
     ours = hankel_singular_values(s)[:32]
     assert_hsv_close(ours, ref, rtol=1e-9)
-    assert ref[-1] < 1e-25 * ref[0]                                       # the case is as hard as claimed
+    assert_hsv_close(ours, ref, rtol=1e-12, cutoff=1e-18)
+    assert np.sum((ref < 1e-12 * ref[0]) & (ref >= 1e-18 * ref[0])) >= 4   # the deep check is not vacuous
     for family in ("lin", "legs", "inv"):
         s = random_systems(family, 12, 1, rng)[0]
         assert_hsv_close(hankel_singular_values(s), mp_hsv_closure(s), rtol=1e-9)
@@ -310,6 +316,9 @@ def test_hsv_extreme_modes_against_extended_precision():
         # near the real axis but not on it: the pair-pivoted real factors lose their grading there
         (-10 ** rng.uniform(-2, 2, (H, n)) * np.exp(1j * 10 ** rng.uniform(-7, -3, (H, n))), "continuous"),
         (rng.uniform(-0.99, 0.99, (H, n)) * np.exp(1j * 10 ** rng.uniform(-7, -3, (H, n))), "discrete"),
+        # real and nearly real discrete modes crowded at z = 1 (1 - x conj(y) formed without cancellation)
+        ((1 - 10 ** rng.uniform(-10, -8, (H, n))) + 0j, "discrete"),
+        ((1 - 10 ** rng.uniform(-10, -8, (H, n))) * np.exp(1j * 10 ** rng.uniform(-13, -11, (H, n))), "discrete"),
     ]
     for lam, domain in cases:
         B = (rng.normal(size=(H, n)) + 1j * rng.normal(size=(H, n))) * 10 ** rng.uniform(-3, 3, (H, n))
@@ -319,3 +328,45 @@ def test_hsv_extreme_modes_against_extended_precision():
             ref = mp_hsv_closure(s[h])
             assert_hsv_close(ours[h], ref, rtol=1e-9)
             assert_hsv_close(bt[h], ref, rtol=1e-9)
+
+
+def test_overlapping_calls_restore_the_blas_threads():
+    """The one-BLAS-thread limit of the worker pools is shared by overlapping calls and lifted
+    by the last one: afterwards the process has its original BLAS settings."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    s = random_systems("legs", 32, 800, np.random.default_rng(3))
+    hankel_singular_values(s[:4], workers=2)                         # every library loaded
+
+    def settings():
+        return sorted((i["internal_api"], i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info())
+
+    before = settings()
+    results, start = [], threading.Barrier(4)
+
+    def run():
+        start.wait()
+        results.append(hankel_singular_values(s, workers=2))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(np.array_equal(r, results[0]) for r in results)
+    assert settings() == before
+
+
+def test_diagonalize_argument_errors():
+    from ssmcompress.lti import diagonalize
+
+    A = -np.eye(3)[None].repeat(2, 0)
+    with pytest.raises(ValueError, match="B and C must have shape"):
+        diagonalize(A, np.ones((2, 4)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="D must be broadcastable"):
+        diagonalize(A, np.ones((2, 3)), np.ones((2, 3)), D=np.ones(3))
+    with pytest.raises(ValueError, match="domain"):
+        diagonalize(A, np.ones((2, 3)), np.ones((2, 3)), domain="z")
+    with pytest.raises(ValueError, match="check_rtol"):
+        balanced_truncation(DiagonalSSM(np.array([-1.0 + 1j]), 1, 1), order=1, check_rtol="x")

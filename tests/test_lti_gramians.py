@@ -153,3 +153,17 @@ def test_factor_argument_errors():
         cauchy_real_factor(np.ones(3), np.ones(3))
     with pytest.raises(ValueError, match="m even"):
         real_factor(np.ones((2, 3, 3)), "P", np.zeros((2, 3), int))
+
+
+def test_gramian_needs_only_the_modes_it_uses_to_be_stable():
+    """P needs the modes with B != 0 stable, Q those with C != 0 (an unstable mode with C = 0 used
+    to give an indefinite P)."""
+    s = DiagonalSSM(np.array([[0.5 + 1j, -1.0]]), np.array([[1.0, 1.0]]), np.array([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"controllability Gramian .* channel\(s\) 0 "):
+        controllability_gramian(s)
+    Q = observability_gramian(s)
+    assert np.all(np.linalg.eigvalsh(Q) >= -1e-15)
+    with pytest.raises(ValueError, match="stable modes"):
+        cauchy_real_factor(np.array([[0.5 + 1j]]), np.array([[1.0 + 0j]]))
+    with pytest.raises(ValueError, match="positive integer"):
+        geometric_sum(0.5, -2)

@@ -151,8 +151,9 @@ def test_freqresp_property(n, re, im, seed):
 def test_batch_indexing_with_arrays_masks_and_ellipsis():
     rng = np.random.default_rng(12)
     lam = -rng.uniform(0.1, 1, (4, 3, 5)) + 1j * rng.normal(size=(4, 3, 5))
-    s = DiagonalSSM(lam, rng.normal(size=(4, 3, 5)) + 0j, rng.normal(size=(4, 3, 5)) + 0j,
-                    D=rng.normal(size=(4, 3)), dt=rng.uniform(0.01, 0.1, (4, 3)))
+    B, C = rng.normal(size=(4, 3, 5)) + 1j * rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 3, 5)) + 0j
+    D, dt = rng.normal(size=(4, 3)), rng.uniform(0.01, 0.1, (4, 3))
+    s = DiagonalSSM(lam, B, C, D=D, dt=dt)
     cases = [  # (batch index, the same index on the (..., n) mode arrays)
         (np.array([0, 2]), (np.array([0, 2]), Ellipsis)),
         (np.array([True, False, True, True]), (np.array([True, False, True, True]), Ellipsis)),
@@ -162,6 +163,25 @@ def test_batch_indexing_with_arrays_masks_and_ellipsis():
     ]
     for index, on_modes in cases:
         sub = s[index]
-        np.testing.assert_array_equal(sub.modes, lam[on_modes])
-        np.testing.assert_array_equal(sub.dt, s.dt[index])
-        np.testing.assert_array_equal(sub.D, s.D[index])
+        for got, full in ((sub.modes, lam), (sub.B, B), (sub.C, C)):
+            np.testing.assert_array_equal(got, full[on_modes])
+        np.testing.assert_array_equal(sub.dt, dt[index])
+        np.testing.assert_array_equal(sub.D, D[index])
+        assert sub.batch_shape == D[index].shape
+
+
+def test_norms_ignore_signal_free_unstable_modes_and_empty_systems():
+    """A mode with no signal (B or C zero) does not make a channel unstable for the norms, as for
+    the Hankel singular values; no modes at all gives |D|; different dt cannot be subtracted."""
+    s = DiagonalSSM(np.array([[-1 + 1j, 0.5]]), np.array([[1.0, 0.0]]), np.ones((1, 2)))
+    ref = DiagonalSSM(np.array([[-1 + 1j]]), np.ones((1, 1)), np.ones((1, 1)))
+    np.testing.assert_allclose(s.h2_norm(), ref.h2_norm(), rtol=1e-14)
+    np.testing.assert_allclose(s.hinf_norm(), ref.hinf_norm(), rtol=1e-12)
+    assert np.isinf(DiagonalSSM(np.array([[-1 + 1j, 0.5]]), np.ones((1, 2)), np.ones((1, 2))).hinf_norm()[0])
+    empty = DiagonalSSM(np.zeros((2, 0)), np.zeros((2, 0)), np.zeros((2, 0)), D=np.array([0.3, -2.0]))
+    np.testing.assert_array_equal(empty.hinf_norm(), [0.3, 2.0])
+    assert DiagonalSSM(-np.ones((0, 3)), np.ones((0, 3)), np.ones((0, 3))).hinf_norm().shape == (0,)
+    with pytest.raises(ValueError, match="different dt"):
+        DiagonalSSM(np.array([-1.0 + 0j]), 1, 1, dt=0.1) - DiagonalSSM(np.array([-1.0 + 0j]), 1, 1, dt=0.5)
+    with pytest.raises(ValueError, match="rtol"):
+        ref.hinf_norm(rtol="x")

@@ -81,6 +81,8 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
     DiagonalSSM with batch shape (...) and ``n = max_b (p_b + q_b)`` stored modes
     counts : ndarray of int, shape (...), only with ``return_counts``
     """
+    if domain not in PAD_MODE:
+        raise ValueError(f"domain must be 'continuous' or 'discrete', got {domain!r}.")
     A = np.asarray(A)
     if np.iscomplexobj(A) or np.iscomplexobj(B) or np.iscomplexobj(C):
         raise TypeError("diagonalize() expects a real dense realization (A, B, C); got complex arrays.")
@@ -89,15 +91,21 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
         raise ValueError(f"A must have shape (..., r, r), got {A.shape}.")
     r = A.shape[-1]
     batch = A.shape[:-2]
-    B = np.asarray(B, np.float64).reshape(batch + (r,))
-    C = np.asarray(C, np.float64).reshape(batch + (r,))
+    B, C = np.asarray(B, np.float64), np.asarray(C, np.float64)
+    if B.size != int(np.prod(batch + (r,), dtype=int)) or C.size != B.size:
+        raise ValueError(f"B and C must have shape {batch + (r,)} (or {batch + (r, 1)} and {batch + (1, r)}) "
+                         f"for A of shape {A.shape}, got {B.shape} and {C.shape}.")
+    B, C = B.reshape(batch + (r,)), C.reshape(batch + (r,))
     if D is None:
         D = np.zeros(batch)
     else:
         D = np.asarray(D, np.float64)
         if D.ndim == len(batch) + 2:                                         # (..., 1, 1) as from to_real()
             D = D[..., 0, 0]
-        D = np.broadcast_to(D, batch)
+        try:
+            D = np.broadcast_to(D, batch)
+        except ValueError:
+            raise ValueError(f"D must be broadcastable to the batch shape {batch}, got shape {D.shape}.") from None
     if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B)) and np.all(np.isfinite(C))):
         raise ValueError("diagonalize() got NaN or infinite entries in (A, B, C).")
 

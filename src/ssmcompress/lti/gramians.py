@@ -88,9 +88,14 @@ def _channel_list(mask):
     return shown + more
 
 
-def check_stable(sys, what="infinite-horizon Gramians"):
-    """Raise ValueError naming the channels whose active modes are not asymptotically stable."""
-    active = sys.residues != 0
+def check_stable(sys, what="infinite-horizon Gramians", active=None):
+    """Raise ValueError naming the channels whose active modes are not asymptotically stable.
+
+    ``active`` (bool, shape (..., n)): the modes that matter; default those with ``C B != 0``
+    (the Hankel singular values); the controllability Gramian alone needs ``B != 0``, the
+    observability Gramian ``C != 0``.
+    """
+    active = sys.residues != 0 if active is None else active
     if sys.is_discrete:
         bad = active & ~(np.abs(sys.modes) < 1.0)
         rule = "|lam| < 1"
@@ -114,15 +119,29 @@ def conjugate_closure(sys):
     return mu, beta, gamma
 
 
+def disc_den(x, y, dd_x=None, dd_y=None):
+    """``1 - x conj(y)`` without cancellation, for modes near each other and the unit circle.
+
+    ``Re = (dd_x + dd_y + |x - y|^2) / 2`` (all terms >= 0 for stable modes) and
+    ``Im = Im(x conj(x - y))``, with ``dd = 1 - |.|^2`` from ``one_minus_abs2``; the plain
+    formula loses ``eps / |1 - x conj(y)|`` relative (e.g. 1e-7 for two real modes at
+    ``1 - 1e-9`` and ``1 - 1e-10``).  Broadcasts.
+    """
+    dd_x = one_minus_abs2(x) if dd_x is None else dd_x
+    dd_y = one_minus_abs2(y) if dd_y is None else dd_y
+    diff = x - y
+    return 0.5 * (dd_x + dd_y + (diff.real * diff.real + diff.imag * diff.imag)) + 1j * (x * diff.conj()).imag
+
+
 def _kernel(mu, discrete, horizon):
     """Cauchy kernel ``k_ij`` with ``P = (beta beta^*) * k`` for nodes mu, shape (..., m, m)."""
-    mi, mj = mu[..., :, None], mu[..., None, :].conj()
+    mi, mj = mu[..., :, None], mu[..., None, :]
     if not discrete:
-        return 1.0 / -(mi + mj)
-    x = mi * mj
+        return 1.0 / -(mi + mj.conj())
     if horizon is None:
-        return 1.0 / (1.0 - x)
-    return geometric_sum(x, horizon)
+        dd = one_minus_abs2(mu)
+        return 1.0 / disc_den(mi, mj, dd[..., :, None], dd[..., None, :])
+    return geometric_sum(mi * mj.conj(), horizon)
 
 
 def _log1p_over(w):
@@ -139,6 +158,8 @@ def geometric_sum(x, L):
     Evaluated as ``L * expm1(z)/z * log(1+w)/w`` with ``w = x - 1``, ``z = L log(1 + w)``,
     which has no cancellation; ``x == 0`` gives 1.
     """
+    if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 1:
+        raise ValueError(f"L must be a positive integer kernel length, got {L!r}.")
     x = np.asarray(x, np.complex128)
     zero = x == 0
     w = np.where(zero, 0.5, x) - 1.0
@@ -160,6 +181,8 @@ def to_real_coordinates(X, kind):
     ``kind="Q"``: ``T^* X T``; ``kind="factor_P"``: ``T^-1 X``; ``kind="factor_Q"``: ``T^* X``.
     ``T = [[I, iI], [I, -iI]]``, ``T^-1 = 1/2 [[I, I], [-iI, iI]]``.
     """
+    if X.ndim < 2 or X.shape[-2] % 2:
+        raise ValueError(f"to_real_coordinates needs X of shape (..., 2n, k), got {X.shape}.")
     n = X.shape[-2] // 2
     top, bot = X[..., :n, :], X[..., n:, :]
     if kind in ("P", "factor_P"):
@@ -191,7 +214,7 @@ def controllability_gramian(sys, horizon=None, basis="real"):
     _check_system(sys)
     horizon = _check_horizon(sys, horizon)
     if horizon is None:
-        check_stable(sys)
+        check_stable(sys, "the controllability Gramian (infinite horizon)", active=sys.B != 0)
     mu, beta, _ = conjugate_closure(sys)
     P = _gramian(mu, beta, sys.is_discrete, horizon)
     return _in_basis(P, "P", basis)
@@ -203,7 +226,7 @@ def observability_gramian(sys, horizon=None, basis="real"):
     _check_system(sys)
     horizon = _check_horizon(sys, horizon)
     if horizon is None:
-        check_stable(sys)
+        check_stable(sys, "the observability Gramian (infinite horizon)", active=sys.C != 0)
     mu, _, gamma = conjugate_closure(sys)
     Q = _gramian(mu.conj(), gamma.conj(), sys.is_discrete, horizon)
     return _in_basis(Q, "Q", basis)
@@ -243,12 +266,16 @@ def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False, return_pivots=
     """
     mu = np.asarray(mu, np.complex128)
     g = np.array(g, np.complex128)
+    if mu.ndim < 1 or g.shape != mu.shape:
+        raise ValueError(f"mu and g must have the same shape (..., m), got {mu.shape} and {g.shape}.")
     m = mu.shape[-1]
+    if conjugate_pairs and m % 2:
+        raise ValueError(f"conjugate_pairs needs an even closure size m = 2n, got m = {m}.")
     L = np.zeros(mu.shape + (m,), np.complex128)
     pivots = np.zeros(mu.shape, int)
     if m == 0:
         return (L, pivots) if return_pivots else L
-    diag_den = (1.0 - np.abs(mu) ** 2) if discrete else -2.0 * mu.real
+    diag_den = one_minus_abs2(mu) if discrete else -2.0 * mu.real
     done = np.zeros(mu.shape, bool)
     p = None
     for k in range(m):
@@ -261,7 +288,7 @@ def cauchy_cholesky(mu, g, discrete=False, conjugate_pairs=False, return_pivots=
         mup = np.take_along_axis(mu, p, -1)
         gp = np.take_along_axis(g, p, -1)
         if discrete:
-            den = 1.0 - mu * mup.conj()
+            den = disc_den(mu, mup, diag_den, np.take_along_axis(diag_den, p, -1))
             blaschke = (mu - mup) / den
         else:
             den = -(mu + mup.conj())
@@ -405,8 +432,11 @@ def cauchy_real_factor(lam, g, discrete=False):
     nb, n = lam.shape
     dd = one_minus_abs2(lam) if discrete else -2.0 * lam.real
     active = dd > 0
+    if np.any(~active & (g != 0)):
+        raise ValueError("cauchy_real_factor needs stable modes (Re lam < 0, discrete |lam| < 1) wherever "
+                         "g != 0; the Gramian does not exist otherwise.")
     inv_dd = np.where(active, 1.0 / np.where(active, dd, 1.0), 0.0)
-    g = np.where(active, g, 0.0)
+    dd = np.where(active, dd, 1.0)
     lam = np.where(active, lam, 0.0 if discrete else -1.0)                      # park modes without signal
     perm = np.broadcast_to(np.arange(n), (nb, n)).copy()
     out = np.zeros((nb, 2, n, n, 2))                                            # (F, re/im row, mode, pair, column)
@@ -418,7 +448,7 @@ def cauchy_real_factor(lam, g, discrete=False):
         gj, lj, ij = g[:, j:], lam[:, j:], inv_dd[:, j:]
         d = (gj * gj.conj()).real * ij                                          # Schur-complement diagonal
         k = j + np.argmax(d, -1)
-        for arr in (g, lam, inv_dd, perm):                                      # pivot mode to position j
+        for arr in (g, lam, inv_dd, dd, perm):                                  # pivot mode to position j
             arr[rows, j], arr[rows, k] = arr[rows, k], arr[rows, j]
         dk = d[rows, k - j]
         ok = dk > 0
@@ -427,9 +457,10 @@ def cauchy_real_factor(lam, g, discrete=False):
         nuc = nu.conj()
         # it = 1/den(lam, nu), itc = 1/den(lam, conj nu); den = -(mu + conj nu) or 1 - mu conj nu
         if discrete:
-            it = 1.0 / (1.0 - lj * nuc[:, None])
-            itc = 1.0 / (1.0 - lj * nu[:, None])
-            ibk = 1.0 / (1.0 - nuc * nuc)                                       # 1/den(conj nu, nu)
+            ddj, ddk = dd[:, j:], dd[:, j:j + 1]
+            it = 1.0 / disc_den(lj, nu[:, None], ddj, ddk)
+            itc = 1.0 / disc_den(lj, nuc[:, None], ddj, ddk)
+            ibk = 1.0 / disc_den(nuc, nu, dd[:, j], dd[:, j])                   # 1/den(conj nu, nu)
         else:
             it = -1.0 / (lj + nuc[:, None])
             itc = -1.0 / (lj + nu[:, None])
@@ -489,7 +520,11 @@ def pivoted_cholesky(G, conjugate_pairs=False, return_pivots=False):
     L : ndarray, complex, shape (..., m, m)
     """
     S = np.array(G, np.complex128)
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2]:
+        raise ValueError(f"G must be square, shape (..., m, m), got {S.shape}.")
     m = S.shape[-1]
+    if conjugate_pairs and m % 2:
+        raise ValueError(f"conjugate_pairs needs an even size m = 2n, got m = {m}.")
     L = np.zeros_like(S)
     pivots = np.zeros(S.shape[:-1], int)
     done = np.zeros(S.shape[:-1], bool)

@@ -180,6 +180,11 @@ class DiagonalSSM:
         """Difference ``G - H`` as one diagonal system (modes of both, C of H negated)."""
         self._check_compatible(other)
         batch = np.broadcast_shapes(self.batch_shape, other.batch_shape)
+        if (self.dt is None) != (other.dt is None) or (
+                self.dt is not None and not np.array_equal(np.broadcast_to(self.dt, batch),
+                                                           np.broadcast_to(other.dt, batch))):
+            raise ValueError("cannot subtract systems with different dt (one difference system has one dt "
+                             "per channel); discretize both with the same dt first.")
 
         def bc(x, n):
             return np.broadcast_to(x, batch + (n,))
@@ -306,6 +311,11 @@ class DiagonalSSM:
             return np.all(np.abs(self.modes) < 1.0, axis=-1)
         return np.all(self.modes.real < 0.0, axis=-1)
 
+    def _stable_where_active(self, active):
+        """Per channel: every mode that carries signal (``active``) is asymptotically stable."""
+        ok = (np.abs(self.modes) < 1.0) if self.is_discrete else (self.modes.real < 0.0)
+        return np.all(ok | ~active, axis=-1)
+
     def h2_norm(self):
         """H2 norm per channel.
 
@@ -331,8 +341,7 @@ class DiagonalSSM:
             h2sq = h2sq + self.D ** 2
         else:
             h2sq = np.where(self.D != 0, np.inf, h2sq)
-        stable = self.is_stable() | ~np.any(active, -1)
-        return np.where(stable, np.sqrt(h2sq), np.inf)
+        return np.where(self._stable_where_active(self.residues != 0), np.sqrt(h2sq), np.inf)
 
     def hinf_norm(self, return_frequency=False, rtol=1e-10):
         """H-infinity norm per channel, ``sup_omega |G|``, accurate to about ``rtol``.
@@ -349,9 +358,14 @@ class DiagonalSSM:
         omega : ndarray, float64, shape (...), only if ``return_frequency``
             Frequency of the peak (``inf`` for the continuous limit ``|D|``).
         """
+        if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not (0.0 < rtol < 1.0):
+            raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}.")
         batch = self.batch_shape
         lam = self.modes
         active = self.residues != 0
+        if self.n_modes == 0 or not np.any(active):                                # G = D, a constant
+            norm = np.abs(np.broadcast_to(self.D, batch)).astype(float)
+            return (norm, np.zeros(batch)) if return_frequency else norm
         if self.is_discrete:
             centre = np.abs(np.angle(lam))
             width = np.maximum(np.abs(np.log(np.maximum(np.abs(lam), 1e-300))), 1e-12)
@@ -392,8 +406,7 @@ class DiagonalSSM:
             at_inf = np.abs(self.D) > best_val
             best_om = np.where(at_inf, np.inf, best_om)
             best_val = np.maximum(best_val, np.abs(self.D))
-        stable = self.is_stable() | ~np.any(active, -1)
-        norm = np.where(stable, best_val, np.inf)
+        norm = np.where(self._stable_where_active(active), best_val, np.inf)
         if return_frequency:
             return norm, best_om
         return norm
