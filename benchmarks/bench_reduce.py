@@ -65,19 +65,25 @@ def balred_loop(sys, r):
         control.balred(control.ss(A[h], B[h], C[h], D[h]), r, method="truncate")
 
 
+def chunked_products(sys, workers):
+    """The chunks ``balanced_truncation`` uses and each chunk's products ``Fq^T Fp``, keyed by start."""
+    from ssmcompress.lti import balanced
+
+    chunks = balanced._chunks(sys.batch_shape[0], sys.order, workers)
+    return chunks, {sl.start: balanced._real_factors(sys[sl], None)[2] for sl in chunks}
+
+
 def lapack_svd_time(sys, workers, repeats):
     """Seconds for numpy's batched LAPACK SVD alone (full, and values only) of the products
     ``Fq^T Fp`` of all channels, on the same worker threads and chunks as balanced_truncation."""
     from ssmcompress.lti import balanced
 
-    flat = sys.batch_shape[0]
-    chunks = balanced._chunks(flat, sys.order, workers)
-    Ms = [balanced._real_factors(sys[sl], None)[2] for sl in chunks]
-    full = _best_of(lambda: balanced._map_chunks(lambda sl: np.linalg.svd(Ms[sl.start // chunks[0].stop]),
-                                                 flat, sys.order, workers), repeats)[0]
-    values = _best_of(lambda: balanced._map_chunks(
-        lambda sl: np.linalg.svd(Ms[sl.start // chunks[0].stop], compute_uv=False), flat, sys.order, workers),
-        repeats)[0]
+    flat, m = sys.batch_shape[0], sys.order
+    _, Ms = chunked_products(sys, workers)
+    full = _best_of(lambda: balanced._map_chunks(lambda sl: np.linalg.svd(Ms[sl.start]), flat, m, workers),
+                    repeats)[0]
+    values = _best_of(lambda: balanced._map_chunks(lambda sl: np.linalg.svd(Ms[sl.start], compute_uv=False),
+                                                   flat, m, workers), repeats)[0]
     return full, values
 
 

@@ -64,12 +64,17 @@ def tokens_per_s(fn, tokens, warmup, steps, device):
     return tokens * steps / (time.perf_counter() - t0)
 
 
-def throughput(args, kernel, device):
+def setup(args, kernel, length, batch, device):
+    """Model, optimizer and one random batch (seeded), for a timing or memory run."""
     torch.manual_seed(0)
-    model = build(args, kernel, args.length, device)
-    opt = optimizer(model)
-    x = torch.randn(args.batch, args.length, 1, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    model = build(args, kernel, length, device)
+    x = torch.randn(batch, length, 1, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, optimizer(model), x, y
+
+
+def throughput(args, kernel, device):
+    model, opt, x, y = setup(args, kernel, args.length, args.batch, device)
     tokens = args.batch * args.length
     model.train()
     train = tokens_per_s(lambda: train_step(model, opt, x, y), tokens, args.warmup, args.steps, device)
@@ -81,11 +86,7 @@ def throughput(args, kernel, device):
 
 def peak_memory_here(args, kernel, device):
     """Peak memory (MB) of one training step at mem-length x mem-batch, in this process."""
-    torch.manual_seed(0)
-    model = build(args, kernel, args.mem_length, device)
-    opt = optimizer(model)
-    x = torch.randn(args.mem_batch, args.mem_length, 1, device=device)
-    y = torch.randint(0, 10, (args.mem_batch,), device=device)
+    model, opt, x, y = setup(args, kernel, args.mem_length, args.mem_batch, device)
     if device.type == "cuda":
         train_step(model, opt, x, y)  # optimizer state allocated
         sync(device)

@@ -24,8 +24,7 @@ import numpy as np
 from scipy.linalg import cython_lapack
 from threadpoolctl import threadpool_limits
 
-from bench_reduce import slycot_loop, trained_like_model
-from ssmcompress.lti import balanced
+from bench_reduce import chunked_products, slycot_loop, trained_like_model
 
 _ptr = ctypes.pythonapi.PyCapsule_GetPointer
 _ptr.restype, _ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
@@ -68,8 +67,8 @@ def main():
     args = ap.parse_args()
     sys = trained_like_model(64)
     H, r = sys.batch_shape[0], args.order
-    chunks = balanced._chunks(H, sys.order, args.workers)
-    Ms = [balanced._real_factors(sys[sl], None)[2] for sl in chunks]
+    chunks, products = chunked_products(sys, args.workers)
+    Ms = list(products.values())
     Ar = np.random.default_rng(0).normal(size=(H, r, r))
     with threadpool_limits(1), ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(lambda M: floor_chunk(M[:4], r), Ms))                         # warm-up

@@ -96,12 +96,8 @@ def check_stable(sys, what="infinite-horizon Gramians", active=None):
     observability Gramian ``C != 0``.
     """
     active = sys.residues != 0 if active is None else active
-    if sys.is_discrete:
-        bad = active & ~(np.abs(sys.modes) < 1.0)
-        rule = "|lam| < 1"
-    else:
-        bad = active & ~(sys.modes.real < 0.0)
-        rule = "Re(lam) < 0"
+    bad = active & ~sys.stable_modes()
+    rule = "|lam| < 1" if sys.is_discrete else "Re(lam) < 0"
     bad_channel = np.any(bad, -1)
     if np.any(bad_channel):
         raise ValueError(
@@ -443,12 +439,13 @@ def cauchy_real_factor(lam, g, discrete=False):
     rows = np.arange(nb)
     r2 = rows[:, None]
     sgn = 1.0 if discrete else -1.0
+    swapped = (g, lam, inv_dd, dd, perm) if discrete else (g, lam, inv_dd, perm)
     for j in range(n):
         # positions j.. hold the modes not pivoted yet (perm: position -> mode); the others' rows are zero
         gj, lj, ij = g[:, j:], lam[:, j:], inv_dd[:, j:]
         d = (gj * gj.conj()).real * ij                                          # Schur-complement diagonal
         k = j + np.argmax(d, -1)
-        for arr in (g, lam, inv_dd, dd, perm):                                  # pivot mode to position j
+        for arr in swapped:                                                     # pivot mode to position j
             arr[rows, j], arr[rows, k] = arr[rows, k], arr[rows, j]
         dk = d[rows, k - j]
         ok = dk > 0
@@ -582,17 +579,7 @@ def complex_hankel_singular_values(sys, horizon=None):
     plain diagonal pivoting so that the factors stay graded for every set of modes; its complex
     SVD (about 4x the cost of the real one) gives the singular values.  Shape (..., 2n), descending.
     """
-    _check_system(sys)
-    horizon = _check_horizon(sys, horizon)
-    if horizon is None:
-        check_stable(sys, "Hankel singular values with an infinite horizon")
-        mu, beta, gamma = _parked_closure(sys)
-        Lp = cauchy_cholesky(mu, beta, sys.is_discrete)
-        Lq = cauchy_cholesky(mu.conj(), gamma.conj(), sys.is_discrete)
-    else:
-        mu, beta, gamma = conjugate_closure(sys)
-        Lp = pivoted_cholesky(_gramian(mu, beta, True, horizon))
-        Lq = pivoted_cholesky(_gramian(mu.conj(), gamma.conj(), True, horizon))
+    Lp, Lq = gramian_factors(sys, horizon)
     if sys.order == 0:
         return np.zeros(sys.batch_shape + (0,))
     return np.linalg.svd(Lq.conj().swapaxes(-1, -2) @ Lp, compute_uv=False)
@@ -603,7 +590,7 @@ def _parked_closure(sys):
     mu, beta, gamma = conjugate_closure(sys)
     inactive = np.concatenate([sys.residues == 0] * 2, -1)
     park = -1.0 if not sys.is_discrete else 0.0
-    unstable = ~(np.abs(mu) < 1.0) if sys.is_discrete else ~(mu.real < 0.0)
+    unstable = np.concatenate([~sys.stable_modes()] * 2, -1)
     mu = np.where(inactive & unstable, park, mu)
     beta = np.where(inactive & unstable, 0.0, beta)
     gamma = np.where(inactive & unstable, 0.0, gamma)
@@ -637,10 +624,7 @@ def real_gramian_factors(sys, horizon=None):
         F = cauchy_real_factor(np.concatenate([mu[..., :n], mu[..., :n].conj()]),
                                np.concatenate([beta[..., :n], gamma[..., :n].conj()]), sys.is_discrete)
         return F[:nb], 2.0 * F[nb:]
-    mu, beta, gamma = conjugate_closure(sys)
-    Lp, pp = pivoted_cholesky(_gramian(mu, beta, True, horizon), conjugate_pairs=True, return_pivots=True)
-    Lq, pq = pivoted_cholesky(_gramian(mu.conj(), gamma.conj(), True, horizon), conjugate_pairs=True,
-                              return_pivots=True)
+    Lp, Lq, pp, pq = gramian_factors(sys, horizon, pairs=True, return_pivots=True)
     return real_factor(Lp, "P", pp), real_factor(Lq, "Q", pq)
 
 

@@ -307,14 +307,15 @@ class DiagonalSSM:
         -------
         ndarray of bool, shape (...)
         """
-        if self.is_discrete:
-            return np.all(np.abs(self.modes) < 1.0, axis=-1)
-        return np.all(self.modes.real < 0.0, axis=-1)
+        return np.all(self.stable_modes(), axis=-1)
+
+    def stable_modes(self):
+        """Per mode: ``Re lam < 0`` (continuous) or ``|lam| < 1`` (discrete), shape (..., n)."""
+        return (np.abs(self.modes) < 1.0) if self.is_discrete else (self.modes.real < 0.0)
 
     def _stable_where_active(self, active):
         """Per channel: every mode that carries signal (``active``) is asymptotically stable."""
-        ok = (np.abs(self.modes) < 1.0) if self.is_discrete else (self.modes.real < 0.0)
-        return np.all(ok | ~active, axis=-1)
+        return np.all(self.stable_modes() | ~active, axis=-1)
 
     def h2_norm(self):
         """H2 norm per channel.
