@@ -8,7 +8,7 @@ import torch
 from ssmcompress import checkpoint as ckpt
 from ssmcompress import experiment as exp_mod
 from ssmcompress.cli import main
-from ssmcompress.compress import compress_model, layer_system
+from ssmcompress.compress import compress_model, layer_system, resolve_horizon
 from ssmcompress.lti import balanced_truncation
 from ssmcompress.nn import SequenceModel
 
@@ -24,15 +24,25 @@ def _model(kernel, N=16, seed=0):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_compressed_layers_are_the_reduced_systems(kernel):
     model = _model(kernel)
-    small, report = compress_model(model, rank=6)
+    small, report = compress_model(model, rank=6, refit=False)
     x = torch.randn(3, 120, 1, dtype=torch.float64)
     for i, (big_l, small_l, rep) in enumerate(zip(model.ssm_layers(), small.ssm_layers(), report.layers)):
         sys = layer_system(big_l)
-        horizon = 120 if kernel == "dss-softmax" else None
+        horizon = resolve_horizon("auto", big_l, sys)     # infinite unless a mode is unstable
+        # channels whose order-6 diagonal form fits in 3 stored modes are exactly BT of order 6
         ref = balanced_truncation(sys, order=6, horizon=horizon)
-        # the layer's kernel is exactly the reduced systems' kernel
+        fits = np.asarray(ref.n_modes) <= 3
+        assert fits.any()
         K_layer = small_l.kernel(120).detach().numpy()
-        np.testing.assert_allclose(K_layer, ref.system.kernel(120), rtol=1e-9, atol=1e-12 * np.abs(K_layer).max())
+        np.testing.assert_allclose(K_layer[fits], ref.system.kernel(120)[fits], rtol=1e-9,
+                                   atol=1e-12 * np.abs(K_layer).max())
+        # the others are BT of the largest order that fits (5 or 4)
+        for h in np.flatnonzero(~fits):
+            r_h = int(rep.orders[h])
+            assert r_h in (4, 5)
+            one = balanced_truncation(sys[h], order=r_h, horizon=horizon)
+            np.testing.assert_allclose(K_layer[h], one.system.kernel(120), rtol=1e-9,
+                                       atol=1e-12 * np.abs(K_layer).max())
         # and the layer's output is that kernel convolved with the input plus D u
         u = torch.randn(2, 120, 6, dtype=torch.float64)
         y = small_l(u).detach().numpy()
@@ -44,8 +54,7 @@ def test_compressed_layers_are_the_reduced_systems(kernel):
         torch.testing.assert_close(small_l.discrete_system()["dt"], big_l.discrete_system()["dt"])
         torch.testing.assert_close(small_l.D, big_l.D)
         np.testing.assert_allclose(rep.hsv, ref.hsv)
-        assert np.all(rep.orders == 6) and rep.state_dim_after >= 6
-        assert rep.state_dim_after == small.state_dims[i]
+        assert np.all(rep.orders[fits] == 6) and rep.state_dim_after == 6 == small.state_dims[i]
         if horizon is None:
             assert np.all(rep.hinf_error <= rep.error_bound * (1 + 1e-6) + 1e-12)
     # everything that is not an SSM parameter is copied
@@ -70,7 +79,7 @@ def test_energy_orders_differ_between_channels():
     orders = np.concatenate([r.orders for r in report.layers])
     assert orders.min() < orders.max() <= 32
     for r, n in zip(report.layers, small.state_dims):
-        assert n >= r.orders.max()
+        assert n >= r.orders.max() and n == r.state_dim_after
 
 
 def test_compress_model_rejects_bad_arguments():
@@ -83,6 +92,12 @@ def test_compress_model_rejects_bad_arguments():
         compress_model(model, method="svd", rank=4)
     with pytest.raises(ValueError, match="layers"):
         compress_model(model, rank=[4, 4, 4])
+    with pytest.raises(ValueError, match="even"):
+        compress_model(model, rank=3)
+    with pytest.raises(ValueError, match="rank"):
+        compress_model(model, method="modal", energy=0.9)
+    with pytest.raises(ValueError, match="horizon"):
+        compress_model(model, rank=4, horizon="forever")
 
 
 def test_compress_evaluate_info_train_init_from(tmp_path, capsys):
@@ -98,7 +113,7 @@ def test_compress_evaluate_info_train_init_from(tmp_path, capsys):
     assert res["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert main(["info", str(comp), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert all(4 <= n < 16 for n in info["state_dims"])
+    assert info["state_dims"] == [4, 4]          # equal size by construction
     assert main(["train", "--data", "digits", "--init-from", str(comp), "--out", str(main_run), "--epochs", "1",
                  "--quiet"]) == 0
     cfg = json.loads((main_run / "config.json").read_text())
@@ -116,8 +131,8 @@ def test_compress_evaluate_info_train_init_from(tmp_path, capsys):
 
 def test_experiment_writes_report_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "exp"
-    argv = ["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4,2", "--seeds", "3", "--epochs", "1",
-            "--out", str(out), *TINY]
+    argv = ["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4", "--seeds", "2", "--epochs", "1",
+            "--main-epochs", "1", "--kernel", "s4d,dss-exp", "--out", str(out), *TINY]
     calls = []
     real_train = exp_mod.train
 
@@ -133,20 +148,58 @@ def test_experiment_writes_report_and_resumes(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0                       # resumes: finished runs are not trained again
     capsys.readouterr()
     rows = json.loads((out / "results.json").read_text())
-    # 3 seeds x (original + 2 ranks x (bt no-retrain, bt main, legs, lin))
-    assert len(rows) == 3 * (1 + 2 * 4)
+    # 2 kernels x 2 seeds x (original + continued + 1 rank x 8 methods)
+    assert len(rows) == 2 * 2 * (2 + 8)
+    assert {r["method"] for r in rows} == set(exp_mod.METHODS) | {"original"}
     for row in rows:
-        assert {"method", "state_dim", "seed", "retrained", "test_accuracy", "ssm_params", "params"} <= set(row)
-    trainings = 3 * (1 + 2 * 3)
+        assert {"method", "kernel", "state_dim", "seed", "retrained", "test_accuracy", "ssm_params", "params"} <= set(row)
+    # equal size: every method at rank r has the shapes of the fresh size-r model
+    for kernel in ("s4d", "dss-exp"):
+        for r in (4,):
+            at_r = [row for row in rows if row["kernel"] == kernel and row["state_dim"] == r]
+            assert len({(row["ssm_params"], row["params"], tuple(row["state_dims"])) for row in at_r}) == 1
+            assert at_r[0]["state_dims"] == [r, r]
+    # the equal-budget control trains for epochs + main_epochs (1 + 1 here, no early stop)
+    assert all(row["max_epochs"] == 2 for row in rows if row["method"] == "legs-budget")
+    trainings = 2 * 2 * (2 + 6)
     assert len(calls) - n_before == trainings - 3
-    for name in ("report.md", "accuracy_vs_rank.png", "hsv_decay.png", "responses.png", "correlation.png"):
-        assert (out / name).is_file(), name
+    for kernel in ("s4d", "dss-exp"):
+        for name in (f"accuracy_vs_params_{kernel}.png", f"hsv_decay_{kernel}.png", f"responses_{kernel}.png",
+                     f"correlation_{kernel}.png"):
+            assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
-    assert "Pearson" in report and "BT, main training" in report
+    assert "## Kernel `s4d`" in report and "## Kernel `dss-exp`" in report
+    assert "Wilcoxon p" in report and "paired t p" in report and "n < 8" in report
+    assert "equal total budget" in report and "Majority-class" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(c["same_size"] for c in summary["comparisons"])
     # a finished experiment reruns without training anything
     calls.clear()
     assert main(argv) == 0
     assert calls == []
+    # a subset of seeds / methods selects finished sub-runs: nothing is trained, the report covers the subset
+    sub = [a if a != "s4d,dss-exp" else "s4d" for a in argv]
+    sub[sub.index("--seeds") + 1] = "1"
+    assert main(sub + ["--methods", "bt,legs"]) == 0
+    assert calls == []
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"original", "bt", "bt-noretrain", "legs"} and {r["seed"] for r in rows} == {0}
     # other settings in the same folder are refused
     assert main(argv[:-len(TINY)] + ["--d-model", "16", "--quiet"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings (model)" in capsys.readouterr().err
+
+
+def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):
+    base = ["experiment", "--data", "digits", "--out", str(tmp_path / "e")]
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--methods", "bt,magic"])
+    assert exc.value.code == 2
+    assert "magic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--kernel", "s4d,s5"])
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_method_names_match_the_experiment():
+    from ssmcompress.cli import METHOD_NAMES
+    assert tuple(METHOD_NAMES) == tuple(exp_mod.METHODS)

@@ -14,6 +14,8 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 KERNELS = ("s4d", "bilinear", "dss-exp", "dss-softmax")
+METHOD_NAMES = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin", "legs-budget", "warmstart",
+                "original-continued")
 INITS = ("legs", "lin", "inv", "real", "random")
 
 
@@ -122,7 +124,7 @@ def cmd_train(args) -> int:
         data = _load_data(args.data, options)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
-                           seed=args.seed, device=args.device)
+                           seed=args.seed, device=args.device, patience=args.patience)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -235,26 +237,41 @@ def _seed_list(text: str) -> list[int]:
     return values
 
 
+def _horizon(text: str):
+    """--horizon: auto, infinite, finite or a positive integer length."""
+    if text in ("auto", "infinite", "finite"):
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise UserError(f"--horizon {text!r} is not auto, infinite, finite or a positive integer length.")
+    return v
+
+
 def cmd_compress(args) -> int:
     from .compress import compress_run
 
     if (args.rank is None) == (args.energy is None):
         raise UserError("give exactly one of --rank r (real order per channel) or --energy e (fraction of Hankel singular values).")
-    horizon = {"auto": "auto", "infinite": None}.get(args.horizon)
-    if horizon is None and args.horizon != "infinite":
-        try:
-            horizon = int(args.horizon)
-        except ValueError:
-            raise UserError(f"--horizon {args.horizon!r} is not auto, infinite or a positive integer length.") from None
-    summary = compress_run(Path(args.run), Path(args.out), rank=args.rank, energy=args.energy, horizon=horizon)
+    if args.energy is not None and args.method != "bt":
+        raise UserError(f"--energy works with --method bt only; give --rank r for {args.method}.")
+    summary = compress_run(Path(args.run), Path(args.out), rank=args.rank, energy=args.energy, method=args.method,
+                           horizon=_horizon(args.horizon), refit=args.refit)
     if args.json:
         _print_json(summary)
         return 0
-    print(f"compressed {args.run} -> {args.out}: state dims {summary['state_dims_before']} -> {summary['state_dims']}")
+    print(f"compressed {args.run} -> {args.out} ({args.method}, refit {summary['refit']}): "
+          f"state dims {summary['state_dims_before']} -> {summary['state_dims']}, {summary['ssm_params']} SSM parameters")
     for lay in summary["layers"]:
-        extra = f", H-inf error max {lay['hinf_error_max']:.3g} (bound holds: {lay['bound_holds']})" if "hinf_error_max" in lay else ""
-        print(f"  layer {lay['layer']}: mean order {lay['order_mean']:.1f}, error bound max {lay['error_bound_max']:.3g}"
-              f"{extra}, kernel rel. error max {lay['kernel_rel_error_max']:.3g}")
+        extra = f", error bound max {lay['error_bound_max']:.3g}" if "error_bound_max" in lay else ""
+        if "hinf_error_max" in lay:
+            extra += f", H-inf error max {lay['hinf_error_max']:.3g}"
+        if "bound_holds" in lay:
+            extra += f" (bound holds: {lay['bound_holds']})"
+        print(f"  layer {lay['layer']}: state dim {lay['state_dim_after']}, real order {lay['order_min']}-{lay['order_max']} "
+              f"(mean {lay['order_mean']:.1f}){extra}, kernel rel. error mean {lay['kernel_rel_error_mean']:.3g}")
     if "test_accuracy" in summary:
         print(f"test accuracy without retraining: {summary['test_accuracy_before']:.4f} before, {summary['test_accuracy']:.4f} after")
     return 0
@@ -264,11 +281,23 @@ def _experiment_config(args):
     from .experiment import ExperimentConfig
     return ExperimentConfig(
         data=args.data, data_options=dict(args.data_option or []), state_dim=args.state_dim, ranks=args.ranks,
-        seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs,
-        model=dict(d_model=args.d_model, layers=args.layers, kernel=args.kernel, dropout=args.dropout,
+        seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
+        methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit,
+        model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
-                   warmup=args.warmup, grad_clip=args.grad_clip, device=args.device))
+                   warmup=args.warmup, grad_clip=args.grad_clip, device=args.device, patience=args.patience))
+
+
+def _name_list(valid, what):
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [n for n in names if n not in valid]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {what} ({', '.join(valid)})")
+        return list(dict.fromkeys(names))
+    return parse
 
 
 def cmd_experiment(args) -> int:
@@ -280,8 +309,15 @@ def cmd_experiment(args) -> int:
     if old.is_file():
         from .checkpoint import read_json
         from dataclasses import asdict
-        if read_json(old) != json.loads(json.dumps(asdict(cfg))):
-            raise UserError(f"{out} holds an experiment with other settings; rerun with the same flags to resume it, or choose another --out.")
+        # seeds, ranks, kernels and methods only select sub-runs: they may change between invocations
+        # (add seeds, drop a rank); every setting that shapes a sub-run must stay the same
+        selection = ("seeds", "ranks", "kernels", "methods")
+        now = json.loads(json.dumps(asdict(cfg)))
+        before = read_json(old)
+        changed = sorted(k for k in set(now) | set(before) if k not in selection and now.get(k) != before.get(k))
+        if changed:
+            raise UserError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the same "
+                            "flags to resume it (seeds, ranks, kernels and methods may change), or choose another --out.")
     rows = run_experiment(cfg, out, progress=_progress(args))
     print(markdown_table(summarize(rows)))
     print(f"report: {out / 'report.md'}")
@@ -291,7 +327,7 @@ def cmd_experiment(args) -> int:
 def cmd_demo(args) -> int:
     """The compression protocol on the built-in digits data, at a size for a laptop."""
     argv = ["experiment", "--data", "digits", "--state-dim", "64", "--ranks", "16,4", "--seeds", ",".join(map(str, args.seeds)) + ",",
-            "--epochs", str(args.epochs), "--d-model", "64", "--layers", "2", "--out", str(args.out)]
+            "--epochs", str(args.epochs), "--d-model", "32", "--layers", "2", "--out", str(args.out)]
     ns = build_parser().parse_args(argv + (["--quiet"] if args.quiet else []))
     return cmd_experiment(ns)
 
@@ -322,6 +358,8 @@ def _add_train_args(p) -> None:
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.01, help="AdamW weight decay (default 0.01)")
     g.add_argument("--warmup", type=_fraction, default=0.05, help="fraction of steps in linear warmup (default 0.05)")
     g.add_argument("--grad-clip", type=_nonneg_float, default=1.0, help="max gradient norm, 0 = off (default 1)")
+    g.add_argument("--patience", type=_nonneg_int, default=0,
+                   help="stop after this many epochs without a better validation score; 0 = off (default 0)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
 
@@ -370,33 +408,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data)
 
-    c = sub.add_parser("compress", help="reduce every SSM layer of a run by balanced truncation",
-                       description="Compress every SSM layer of a run folder by balanced truncation and write a new run "
-                                   "folder that evaluate, info and train --init-from accept; prints the accuracy before "
-                                   "and after compression without retraining.")
+    c = sub.add_parser("compress", help="reduce every SSM layer of a run (balanced truncation or modal)",
+                       description="Compress every SSM layer of a run folder and write a new run folder that evaluate, "
+                                   "info and train --init-from accept; prints the accuracy before and after compression "
+                                   "without retraining. With --rank r every layer stores exactly r/2 modes per channel: "
+                                   "the shapes and parameter count of a fresh --state-dim r model.")
     c.add_argument("run", metavar="RUN", help="run folder of the trained model")
-    c.add_argument("--rank", type=_even_state_dim, metavar="r", help="real order kept per channel (even)")
+    c.add_argument("--rank", type=_even_state_dim, metavar="r", help="real order per channel (even): r/2 stored modes")
     c.add_argument("--energy", type=_positive_float, metavar="e",
-                   help="instead of --rank: keep the smallest order whose Hankel singular values reach this fraction")
-    c.add_argument("--horizon", default="auto", metavar="auto|infinite|L",
-                   help="Gramians: auto (infinite; the kernel length for dss-softmax), infinite, or a length L")
+                   help="instead of --rank (bt only): keep the smallest order whose Hankel singular values reach this fraction")
+    c.add_argument("--method", choices=("bt", "modal"), default="bt",
+                   help="bt = balanced truncation (default); modal = keep the modes with the largest H2 score")
+    c.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
+                   help="Gramians over an infinite horizon or the kernel length (finite) or L taps; "
+                        "auto = infinite (layers with unstable modes always use the kernel length)")
+    c.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="refit C and D by least squares on each channel's length-L response (default on)")
     c.add_argument("--out", required=True, metavar="RUN_R", help="run folder to write")
     c.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     c.set_defaults(func=cmd_compress)
 
-    x = sub.add_parser("experiment", help="the paper's protocol: pre-train, compress, main training, baselines, report",
-                       description="For each seed: pre-train at --state-dim from Skew-HiPPO; for each rank: balanced "
-                                   "truncation, evaluation without retraining, main training from the reduced parameters, "
-                                   "and baselines of that size from Skew-HiPPO and S4D-Lin. Writes results.json and "
-                                   "report.md with figures; a rerun skips finished runs and resumes interrupted ones.")
+    x = sub.add_parser("experiment", help="the paper's protocol with equal-size controls, paired statistics and a report",
+                       description="For each kernel and seed: pre-train at --state-dim from Skew-HiPPO; for each rank r, "
+                                   "models of exactly that size: balanced truncation (bt, bt-noretrain), modal truncation "
+                                   "(modal, modal-noretrain), fresh Skew-HiPPO and S4D-Lin (legs, lin), Skew-HiPPO with the "
+                                   "same total budget (legs-budget), pre-trained non-SSM weights with a fresh SSM "
+                                   "(warmstart); and the original trained on (original-continued). Writes results.json and "
+                                   "report.md with paired t-tests and Wilcoxon p-values against legs and legs-budget, and "
+                                   "figures; a rerun skips finished runs and resumes interrupted ones.")
     x.add_argument("--data", default="smnist", metavar="NAME|PATH", help="data set (default smnist)")
     x.add_argument("--data-option", type=_data_option, action="append", metavar="KEY=VALUE", help="data set option")
     x.add_argument("--ranks", type=_int_list, default=[32, 16, 8], metavar="r1,r2,...",
                    help="reduced real orders (default 32,16,8)")
-    x.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="S",
-                   help="number of seeds (3 = seeds 0,1,2) or a comma-separated list (default 3)")
+    x.add_argument("--seeds", type=_seed_list, default=[0, 1, 2, 3, 4], metavar="S",
+                   help="number of seeds (5 = seeds 0..4) or a comma-separated list (default 5)")
     x.add_argument("--main-epochs", type=_positive_int, default=None,
-                   help="epochs of main training and baselines (default: --epochs)")
+                   help="epoch cap of main training and baselines (default: --epochs)")
+    x.add_argument("--methods", type=_name_list(METHOD_NAMES, "methods"), default=list(METHOD_NAMES),
+                   metavar="m1,m2,...", help=f"methods to run (default all: {','.join(METHOD_NAMES)})")
+    x.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
+                   help="Gramians of the reductions (default auto = infinite)")
+    x.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="least-squares refit of C and D after reduction (default on)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(x)
@@ -404,11 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     for a in x._actions:
         if a.dest in ("init", "seed"):
             a.help = argparse.SUPPRESS
+        if a.dest == "kernel":
+            a.choices, a.type, a.default = None, _name_list(KERNELS, "kernels"), ["s4d"]
+            a.metavar = "k1,k2,..."
+            a.help = "DSS kernels, comma-separated, one report section each (default s4d)"
+    x.set_defaults(epochs=60, patience=5)
+    for a in x._actions:
+        if a.dest == "epochs":
+            a.help = "epoch cap of pre-training (default 60; with --patience the run stops when validation stops rising)"
+        if a.dest == "patience":
+            a.help = "early stopping patience in epochs, 0 = off (default 5)"
     x.set_defaults(func=cmd_experiment)
 
     m = sub.add_parser("demo", help="the demo that `make demo` runs",
                        description="The compression protocol on the built-in digits data at laptop size "
-                                   "(N=64 -> r=16,4, one seed): prints the accuracy table and writes a report.")
+                                   "(N=64 -> r=16,4, one seed, every method and control): prints the accuracy table and writes a report.")
     m.add_argument("--out", default="demo_run", help="experiment folder (default demo_run)")
     m.add_argument("--epochs", type=_positive_int, default=8, help="epochs per training (default 8)")
     m.add_argument("--seeds", type=_seed_list, default=[0], help="seeds (default 1)")

@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .lti import DiagonalSSM, balanced_truncation
+from .lti import DiagonalSSM, balanced_truncation, hankel_singular_values
+from .lti.refit import impulse_response, refit_output, stabilize_modes
 
-METHODS = ("bt",)
+METHODS = ("bt", "modal")
+#: Horizon of the Gramians when the user says "auto" (see ``resolve_horizon``).
+DEFAULT_HORIZON = "infinite"
+#: Whether C and D are refitted on the length-L kernel by default (see ``reduce_layer``).
+DEFAULT_REFIT = True
+#: Radius that modes of layers with Re(A) < 0 built in are brought inside after reduction.
+STABLE_RADIUS = 1.0 - 1e-6
 
 
 @dataclass
@@ -26,32 +33,40 @@ class LayerReport:
     """What is known about the reduction of one layer (arrays have one row per channel)."""
 
     layer: int
+    method: str
     state_dim_before: int           # real order 2n of the original layer
-    state_dim_after: int            # real order of the stored modes of the reduced layer (max over channels)
-    orders: np.ndarray              # (H,) real order kept per channel
-    hsv: np.ndarray                 # (H, 2n) Hankel singular values, descending
-    error_bound: np.ndarray         # (H,) 2 * sum of the discarded Hankel singular values
-    hinf_error: np.ndarray | None   # (H,) measured ||G - G_r||_inf (None for finite-horizon reduction)
-    kernel_rel_error: np.ndarray    # (H,) ||K - K_r||_2 / ||K||_2 over the model's length
-    horizon: int | None
+    state_dim_after: int            # 2 * stored modes per channel of the reduced layer (the layer's state_dim)
+    orders: np.ndarray              # (H,) real order of the reduced system per channel (free slots not counted)
+    hsv: np.ndarray | None          # (H, 2n) Hankel singular values, descending (bt)
+    error_bound: np.ndarray | None  # (H,) 2 * sum of the discarded Hankel singular values (bt)
+    hinf_error: np.ndarray | None   # (H,) measured ||G - G_r||_inf (None when a system is not stable)
+    kernel_rel_error: np.ndarray    # (H,) ||h - h_r||_2 / ||h||_2 over the model's length (D included at lag 0)
+    horizon: int | None             # finite horizon of the Gramians, None = infinite
+    refit: bool = False             # C and D refitted by least squares on the length-L response
+    stabilized: int = 0             # modes moved inside STABLE_RADIUS
+    free_slots: int = 0             # stored modes that start with zero output
 
     def summary(self) -> dict:
-        out = {"layer": self.layer, "state_dim_before": self.state_dim_before,
-               "state_dim_after": self.state_dim_after, "horizon": self.horizon,
-               "order_mean": float(np.mean(self.orders)), "order_max": int(np.max(self.orders)),
-               "error_bound_max": float(np.max(self.error_bound)),
+        out = {"layer": self.layer, "method": self.method, "state_dim_before": self.state_dim_before,
+               "state_dim_after": self.state_dim_after, "horizon": self.horizon, "refit": self.refit,
+               "order_mean": float(np.mean(self.orders)), "order_min": int(np.min(self.orders)),
+               "order_max": int(np.max(self.orders)), "stabilized_modes": int(self.stabilized),
+               "free_slots": int(self.free_slots),
                "kernel_rel_error_max": float(np.max(self.kernel_rel_error)),
                "kernel_rel_error_mean": float(np.mean(self.kernel_rel_error))}
+        if self.error_bound is not None:
+            out["error_bound_max"] = float(np.max(self.error_bound))
         if self.hinf_error is not None:
             out["hinf_error_max"] = float(np.max(self.hinf_error))
-            out["bound_holds"] = bool(np.all(self.hinf_error <= self.error_bound * (1 + 1e-6) + 1e-12))
+            if self.error_bound is not None and self.horizon is None and not self.refit and not self.stabilized:
+                out["bound_holds"] = bool(np.all(self.hinf_error <= self.error_bound * (1 + 1e-6) + 1e-12))
         return out
 
     def to_json(self) -> dict:
         d = self.summary()
-        d.update(orders=self.orders.tolist(), hsv=self.hsv.tolist(), error_bound=self.error_bound.tolist(),
-                 hinf_error=None if self.hinf_error is None else self.hinf_error.tolist(),
-                 kernel_rel_error=self.kernel_rel_error.tolist())
+        lst = lambda a: None if a is None else np.asarray(a).tolist()
+        d.update(orders=lst(self.orders), hsv=lst(self.hsv), error_bound=lst(self.error_bound),
+                 hinf_error=lst(self.hinf_error), kernel_rel_error=lst(self.kernel_rel_error))
         return d
 
 
@@ -67,23 +82,40 @@ class CompressionReport:
                 "layers": [r.to_json() for r in self.layers]}
 
 
-def layer_system(layer) -> DiagonalSSM:
-    """The H discrete SISO systems of one SSM layer as a batched ``DiagonalSSM`` (float64)."""
-    s = layer.discrete_system()
+def layer_system(layer, exact: bool = True) -> DiagonalSSM:
+    """The H discrete SISO systems of one SSM layer as a batched ``DiagonalSSM`` (float64).
+
+    ``exact=True`` (default): the discretisation of the stored parameters in float64, not
+    rounded to the layer's precision (a float32 mode with tiny ``|Re A| dt`` would round
+    onto the unit circle; see ``SSMLayer.discrete_system``).
+    """
+    s = layer.discrete_system(exact=exact)
     to_np = lambda t: t.detach().cpu().numpy().astype(np.complex128 if t.is_complex() else np.float64)
     return DiagonalSSM(to_np(s["lam_d"]), to_np(s["B_d"]), to_np(s["C"]), to_np(s["D"]),
                        dt=to_np(s["dt"]), domain="discrete")
 
 
-def _default_horizon(layer, sys: DiagonalSSM):
-    """Infinite horizon for stable layers; the kernel length for dss-softmax (modes may grow)."""
-    if layer.kernel_name == "dss-softmax" or not np.all(np.abs(sys.modes) < 1):
+def resolve_horizon(horizon, layer, sys: DiagonalSSM):
+    """``None`` (infinite) or a finite length for the Gramians of ``layer``.
+
+    ``horizon``: ``"infinite"`` / ``None``, ``"finite"`` (the layer's ``l_max``), a positive
+    int, or ``"auto"`` (``DEFAULT_HORIZON``).  A layer with modes on or outside the unit
+    circle (possible only for dss-softmax) always gets the finite horizon ``l_max``.
+    """
+    if horizon == "auto":
+        horizon = DEFAULT_HORIZON
+    unstable = not np.all(sys.stable_modes() | (sys.residues == 0))
+    if horizon in ("infinite", None) and not unstable:
+        return None
+    if horizon in ("infinite", None, "finite"):
         if layer.l_max is None:
             raise ValueError(
-                f"layer with kernel {layer.kernel_name!r} has modes outside the unit circle and no l_max, "
-                "so neither infinite- nor finite-horizon Gramians are defined; build the model with l_max.")
+                f"layer with kernel {layer.kernel_name!r} needs a finite horizon but has no l_max; "
+                "build the model with l_max or give --horizon L.")
         return int(layer.l_max)
-    return None
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be 'auto', 'infinite', 'finite' or a positive integer length, got {horizon!r}.")
+    return int(horizon)
 
 
 def _per_layer(value, n_layers: int, what: str):
@@ -95,35 +127,216 @@ def _per_layer(value, n_layers: int, what: str):
     return value
 
 
-def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="auto", kernel_length=None):
+def _take_active(sys: DiagonalSSM, counts: np.ndarray, slots: int, out, rows):
+    """Copy the first ``counts[h]`` stored modes of each channel of ``sys`` into ``out[rows]``."""
+    lam, B, C = out
+    for j, h in enumerate(rows):
+        k = int(counts[j])
+        if k > slots:
+            raise AssertionError("a reduced channel does not fit its slots")
+        if np.any(sys.residues[j, k:] != 0):
+            raise AssertionError("reduced modes are not packed at the front")
+        lam[h, :k], B[h, :k], C[h, :k] = sys.modes[j, :k], sys.B[j, :k], sys.C[j, :k]
+
+
+def _balanced_into_slots(sys: DiagonalSSM, slots: int, horizon):
+    """Per channel, the largest balanced-truncation order whose diagonal form fits in ``slots`` stored modes.
+
+    A conjugate pair takes one stored mode (real order 2), a real eigenvalue one as well
+    (real order 1): order 2*slots fits unless the reduced A has real eigenvalues; then the
+    order is lowered one by one for those channels (order 2*slots - 1 with one real
+    eigenvalue always fits).  Returns (lam, B, C, D) of shape (H, slots), counts, orders, hsv.
+    """
+    H = sys.batch_shape[0]
+    out = tuple(np.zeros((H, slots), np.complex128) for _ in range(3))
+    order = np.full(H, 2 * slots)
+    res = balanced_truncation(sys, order=order, horizon=horizon)
+    hsv, achieved, counts = res.hsv, np.array(res.order), np.array(res.n_modes)
+    fits = counts <= slots
+    _take_active(res.system[np.flatnonzero(fits)], counts[fits], slots, out, np.flatnonzero(fits))
+    todo = np.flatnonzero(~fits)
+    while todo.size:
+        order[todo] -= 1
+        sub = balanced_truncation(sys[todo], order=order[todo], horizon=horizon)
+        sub_counts, sub_orders = np.array(sub.n_modes), np.array(sub.order)
+        ok = sub_counts <= slots
+        _take_active(sub.system[np.flatnonzero(ok)], sub_counts[ok], slots, out, todo[ok])
+        achieved[todo[ok]], counts[todo[ok]] = sub_orders[ok], sub_counts[ok]
+        todo = todo[~ok]
+    return out, counts, achieved, hsv
+
+
+def mode_h2_scores(sys: DiagonalSSM) -> np.ndarray:
+    """H2 norm of each stored mode's own real subsystem, shape (..., n) (discrete systems).
+
+    A stored mode contributes ``h[l] = 2 Re(r lam^l)`` with residue ``r = C B``, so
+    ``sum_l h[l]^2 = 2 |r|^2 / (1 - |lam|^2) + 2 Re(r^2 / (1 - lam^2))``; modes on or
+    outside the unit circle score infinity.
+    """
+    if not sys.is_discrete:
+        raise ValueError("mode_h2_scores works on discrete systems, got a continuous one.")
+    lam, r = sys.modes, sys.residues
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = 2 * np.abs(r) ** 2 / (1 - np.abs(lam) ** 2) + 2 * (r ** 2 / (1 - lam ** 2)).real
+    return np.where(np.abs(lam) < 1, np.sqrt(np.maximum(e, 0.0)), np.inf)
+
+
+def _modal_into_slots(sys: DiagonalSSM, slots: int):
+    """Keep the ``slots`` stored modes with the largest H2 score per channel."""
+    H = sys.batch_shape[0]
+    keep = np.argsort(-mode_h2_scores(sys), axis=-1, kind="stable")[:, :slots]
+    take = lambda a: np.take_along_axis(a, keep, -1)
+    lam, B, C = take(sys.modes), take(sys.B), take(sys.C)
+    orders = np.where(lam.imag == 0, 1, 2).sum(-1)
+    return (lam, B, C), np.full(H, slots), orders
+
+
+def _free_slot_modes(layer, slots: int, dt: np.ndarray):
+    """lam_d and B_d (H, slots) of a fresh Skew-HiPPO layer of size 2*slots at the layer's dt and kernel.
+
+    Free slots (stored modes a reduced channel does not use) start from these modes with
+    ``C = 0``: zero output, ordinary trainable modes in main training.  DSS kernels have
+    B = 1 fixed, as in a fresh layer.
+    """
+    from .nn.init import initial_modes
+    from .nn.kernels import discrete_B, discretize
+
+    A, B = initial_modes("legs", 2 * slots, layer.d_model)
+    if layer.kernel_name.startswith("dss"):
+        B = torch.ones_like(B)
+    lam_d, log_scale, B_core = discretize(layer.kernel_name, A, B, torch.from_numpy(dt), layer.l_max)
+    return lam_d.numpy(), discrete_B(log_scale, B_core).numpy()
+
+
+def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="auto", refit=None,
+                 kernel_length=None, index: int = 0):
+    """Reduce the H channels of one SSM layer; return ``(system, LayerReport)``.
+
+    ``system`` is a discrete ``DiagonalSSM`` (H, slots) ready for
+    ``layer.load_discrete_system``: with ``rank`` r exactly ``slots = r/2`` stored modes
+    per channel (the shapes of a fresh ``state_dim = r`` layer), with ``energy`` the
+    largest number any channel needs.  Steps: reduce (``bt``: the largest balanced
+    truncation order that fits the slots; ``modal``: the modes with the largest H2
+    score), bring modes of layers with ``Re(A) < 0`` built in inside ``STABLE_RADIUS``,
+    optionally refit C and D by least squares on the length-L response, and fill free
+    slots with Skew-HiPPO modes of zero output.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not available; choose one of {', '.join(METHODS)}.")
+    refit = DEFAULT_REFIT if refit is None else bool(refit)
+    sys = layer_system(layer)
+    H, n = sys.batch_shape[0], sys.n_modes
+    h = resolve_horizon(horizon, layer, sys)
+    L = int(kernel_length or layer.l_max or 1024)
+    hsv = bound = None
+    if rank is not None and rank >= 2 * n:                  # nothing to reduce
+        slots, orders = n, np.full(H, 2 * n)
+        (lam, B, C), counts, D = (sys.modes.copy(), sys.B.copy(), sys.C.copy()), np.full(H, n), sys.D
+        if method == "bt":
+            hsv = hankel_singular_values(sys, horizon=h)
+            bound = np.zeros(H)
+    elif method == "bt" and rank is not None:
+        slots = max(1, rank // 2)
+        (lam, B, C), counts, orders, hsv = _balanced_into_slots(sys, slots, h)
+        D = sys.D
+    elif method == "bt":
+        res = balanced_truncation(sys, energy=energy, horizon=h)
+        counts, orders, hsv = np.array(res.n_modes), np.array(res.order), res.hsv
+        slots = max(1, int(counts.max()))
+        lam, B, C = (np.zeros((H, slots), np.complex128) for _ in range(3))
+        _take_active(res.system, counts, slots, (lam, B, C), np.arange(H))
+        D = sys.D
+    else:
+        if rank is None:
+            raise ValueError("modal truncation takes a rank (real order per channel), not an energy fraction.")
+        slots = max(1, rank // 2)
+        (lam, B, C), counts, orders = _modal_into_slots(sys, slots)
+        D = sys.D
+    if hsv is not None:
+        tail = np.cumsum(hsv[..., ::-1], -1)[..., ::-1]
+        tail = np.concatenate([tail, np.zeros((H, 1))], -1)
+        bound = 2.0 * np.take_along_axis(tail, np.asarray(orders)[:, None], -1)[:, 0]
+
+    red = DiagonalSSM(lam, B, C, D, sys.dt, "discrete")
+    used = np.arange(slots)[None, :] < np.asarray(counts)[:, None]
+    moved = 0
+    if layer.constrained:
+        red, moved_per = stabilize_modes(red, STABLE_RADIUS)
+        moved = int(moved_per.sum())
+    target = impulse_response(sys, L)
+    if refit:
+        red = refit_output(red, target, fit_D=True, active=used)
+    free = ~used
+    if free.any():
+        lam_f, B_f = _free_slot_modes(layer, slots, sys.dt)
+        red = DiagonalSSM(np.where(free, lam_f, red.modes), np.where(free, B_f, red.B),
+                          np.where(free, 0.0, red.C), red.D, sys.dt, "discrete")
+    got = impulse_response(red, L)
+    kerr = np.linalg.norm(target - got, axis=-1) / np.maximum(np.linalg.norm(target, axis=-1), 1e-300)
+    hinf = None
+    if np.all(sys.is_stable()) and np.all(red.is_stable()):
+        hinf = (sys - red).hinf_norm()
+    report = LayerReport(layer=index, method=method, state_dim_before=sys.order, state_dim_after=2 * slots,
+                         orders=np.asarray(orders), hsv=hsv, error_bound=bound, hinf_error=hinf,
+                         kernel_rel_error=kerr, horizon=h, refit=refit, stabilized=moved,
+                         free_slots=int(free.sum()))
+    return red, report
+
+
+def write_back(model, systems):
+    """A copy of ``model`` whose SSM layers are the given discrete systems (any sizes).
+
+    Everything that is not an SSM parameter is copied; each layer keeps its step sizes and
+    inverts its own discretisation (``SSMLayer.load_discrete_system``).
+    """
+    from .nn import SequenceModel
+
+    cfg = copy.deepcopy(model.config)
+    cfg["state_dim"] = [2 * s.n_modes for s in systems]
+    ref = next(model.parameters())
+    small = SequenceModel(**cfg).to(dtype=ref.dtype, device=ref.device)
+    own = small.state_dict()
+    small.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape},
+                          strict=False)
+    for layer, red in zip(small.ssm_layers(), systems):
+        layer.load_discrete_system(torch.from_numpy(red.modes), torch.from_numpy(red.B),
+                                   torch.from_numpy(red.C), torch.from_numpy(red.D))
+    return small
+
+
+def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="auto", refit=None,
+                   kernel_length=None):
     """Reduce every SSM layer of ``model`` and return ``(smaller_model, report)``.
 
     Parameters
     ----------
     model : SequenceModel
         The trained model (left unchanged).
-    method : {"bt"}
-        ``"bt"``: square-root balanced truncation of every channel's real realisation.
+    method : {"bt", "modal"}
+        ``"bt"``: square-root balanced truncation of every channel's real realisation;
+        ``"modal"``: keep the stored modes with the largest H2 score.
     rank : int or list of int, optional
-        Real order r to keep per channel (one value, or one per layer).
+        Real order r per channel (one value, or one per layer): every layer of the result
+        stores exactly r/2 modes per channel, the shapes and parameter count of a fresh
+        model with ``state_dim = r`` (bt: per channel the largest balanced-truncation
+        order whose diagonal form fits; free slots start as Skew-HiPPO modes with zero output).
     energy : float or list of float, optional
-        Instead of ``rank``: keep the smallest order whose Hankel singular values reach
-        this fraction of their sum (per channel, so orders differ between channels).
-    horizon : "auto", None or int
-        ``"auto"``: infinite-horizon Gramians for stable layers, finite horizon ``l_max``
-        for dss-softmax layers; ``None``: always infinite; int: finite horizon L.
+        Instead of ``rank`` (bt only): per channel the smallest order whose Hankel singular
+        values reach this fraction of their sum; a layer's size is what its largest channel needs.
+    horizon : "auto", "infinite", "finite" or int
+        Gramians over an infinite or a finite horizon (``"finite"``: the layer's ``l_max``);
+        ``"auto"`` = ``DEFAULT_HORIZON``.  Layers with unstable modes always use ``l_max``.
+    refit : bool, optional
+        Refit C and D of every reduced channel by least squares on its original length-L
+        impulse response (default ``DEFAULT_REFIT``).
     kernel_length : int, optional
-        Length over which the relative kernel error is measured (default: ``l_max`` or 1024).
+        L for the refit and the error measure (default: ``l_max`` or 1024).
 
     Returns
     -------
     small : SequenceModel
-        Same architecture, ``state_dim`` per layer = real order of its stored modes
-        (at least the largest kept order; more when real eigenvalues need their own stored mode).
     report : CompressionReport
     """
-    from .nn import SequenceModel
-
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not available; choose one of {', '.join(METHODS)}.")
     if (rank is None) == (energy is None):
@@ -132,49 +345,20 @@ def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="a
     ranks = _per_layer(rank, len(layers), "rank")
     energies = _per_layer(energy, len(layers), "energy")
     for r in ranks:
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0):
-            raise ValueError(f"rank must be a non-negative integer (real order), got {r!r}.")
-    L_err = kernel_length or model.config.get("l_max") or 1024
-
-    reduced, reports = [], []
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 2 or r % 2):
+            raise ValueError(f"rank must be a positive even integer (real order, 2 per stored mode), got {r!r}.")
+    kernel_length = kernel_length or model.config.get("l_max") or 1024
+    systems, reports = [], []
     for i, (layer, r, e) in enumerate(zip(layers, ranks, energies)):
-        sys = layer_system(layer)
-        h = _default_horizon(layer, sys) if horizon == "auto" else horizon
-        res = balanced_truncation(sys, order=r, energy=e, horizon=h)
-        red = res.system
-        K = sys.kernel(L_err)
-        Kr = red.kernel(L_err)
-        kerr = np.linalg.norm(K - Kr, axis=-1) / np.maximum(np.linalg.norm(K, axis=-1), 1e-300)
-        hinf = (sys - red).hinf_norm() if h is None else None
-        # a reduced layer stores at least one mode (a zero-output pad when every channel went to order 0)
-        n_keep = max(1, red.n_modes)
-        reduced.append((red, n_keep))
-        reports.append(LayerReport(layer=i, state_dim_before=sys.order, state_dim_after=2 * n_keep,
-                                   orders=np.atleast_1d(np.asarray(res.order)), hsv=res.hsv,
-                                   error_bound=np.atleast_1d(res.error_bound), hinf_error=hinf,
-                                   kernel_rel_error=kerr, horizon=h))
-
-    cfg = copy.deepcopy(model.config)
-    cfg["state_dim"] = [2 * n for _, n in reduced]
-    small = SequenceModel(**cfg).to(dtype=next(model.parameters()).dtype,
-                                    device=next(model.parameters()).device)
-    own = small.state_dict()
-    small.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape},
-                          strict=False)
-    for layer, (red, n_keep) in zip(small.ssm_layers(), reduced):
-        lam, B, C = red.modes, red.B, red.C
-        if red.n_modes < n_keep:   # pad: inactive stable mode with zero output
-            pad = n_keep - red.n_modes
-            lam = np.concatenate([lam, np.zeros(lam.shape[:-1] + (pad,))], -1)
-            B = np.concatenate([B, np.zeros(B.shape[:-1] + (pad,))], -1)
-            C = np.concatenate([C, np.zeros(C.shape[:-1] + (pad,))], -1)
-        layer.load_discrete_system(torch.from_numpy(lam), torch.from_numpy(B), torch.from_numpy(C),
-                                   torch.from_numpy(red.D))
-    report = CompressionReport(method=method, rank=rank, energy=energy, layers=reports)
-    return small, report
+        red, rep = reduce_layer(layer, method=method, rank=r, energy=e, horizon=horizon, refit=refit,
+                                kernel_length=kernel_length, index=i)
+        systems.append(red)
+        reports.append(rep)
+    small = write_back(model, systems)
+    return small, CompressionReport(method=method, rank=rank, energy=energy, layers=reports)
 
 
-def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="auto", data=None,
+def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="auto", refit=None, data=None,
                  evaluate_splits=("test",)) -> dict:
     """Compress the model of run folder ``src`` into a new run folder ``out``.
 
@@ -194,11 +378,13 @@ def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder; choose another --out for the compressed run.")
     model, cfg = ckpt.load_model(src)
-    small, report = compress_model(model, method=method, rank=rank, energy=energy, horizon=horizon)
+    small, report = compress_model(model, method=method, rank=rank, energy=energy, horizon=horizon, refit=refit)
     if data is None:
         dcfg = cfg.get("data", {})
         data = load_dataset(dcfg["spec"], **dcfg.get("options", {})) if dcfg.get("spec") else None
+    refit = DEFAULT_REFIT if refit is None else bool(refit)
     summary = {"compressed_from": str(src), "method": method, "rank": rank, "energy": energy,
+               "horizon": horizon, "refit": refit, **small.parameter_counts(),
                "state_dims_before": model.state_dims, "state_dims": small.state_dims,
                "layers": [r.summary() for r in report.layers]}
     if data is not None:
@@ -213,8 +399,7 @@ def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="
     new_cfg = {k: v for k, v in cfg.items() if k not in ("train", "model")}
     new_cfg["model"] = small.config
     new_cfg["compressed_from"] = str(src)
-    new_cfg["compression"] = {"method": method, "rank": rank, "energy": energy,
-                              "horizon": horizon if horizon != "auto" else "auto"}
+    new_cfg["compression"] = {"method": method, "rank": rank, "energy": energy, "horizon": horizon, "refit": refit}
     tmp = out.with_name("." + out.name + ".partial")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)

@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     device: str = "auto"       # "auto", "cpu", "cuda", "cuda:1", ...
+    patience: int = 0          # stop after this many epochs without a better validation score; 0 = never
 
     def __post_init__(self):
         checks = [
@@ -46,6 +47,7 @@ class TrainConfig:
             ("warmup", 0 <= self.warmup < 1, "a fraction in [0, 1)"),
             ("grad_clip", self.grad_clip >= 0, "non-negative (0 disables clipping)"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
+            ("patience", isinstance(self.patience, int) and self.patience >= 0, "a non-negative integer (0 = off)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -212,7 +214,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     t_start = time.perf_counter() - state["wall_s"]
-    for epoch in range(state["epoch"], cfg.epochs):
+    last_epoch = state["epoch"] if state.get("stopped_early") else cfg.epochs   # a resumed early stop stays stopped
+    for epoch in range(state["epoch"], last_epoch):
         net.train()
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -269,8 +272,17 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['loss']:.4f}{acc}")
         elif better:
             state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
+            state["best_epoch"] = epoch + 1
+        if cfg.patience and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience and state["epoch"] < cfg.epochs:
+            state["stopped_early"] = True
+            if rank == 0:
+                _save_last(out, model, opt, state)
+                if progress:
+                    tqdm.write(f"early stop: no better validation score for {cfg.patience} epochs")
+            break
 
-    summary = {"epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
+    summary = {"epochs": state["epoch"], "max_epochs": cfg.epochs, "stopped_early": bool(state.get("stopped_early")),
+               "best_epoch": state.get("best_epoch"),
                "best_val_accuracy": state["best_val_accuracy"], "best_val_loss": state["best_val_loss"],
                "wall_s": round(state["wall_s"], 3)}
     if rank == 0:

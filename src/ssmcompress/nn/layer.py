@@ -207,13 +207,23 @@ class SSMLayer(nn.Module):
             C * B_core, torch.log(lam_d), int(L), self.D.dtype, log_scale, self.max_kernel_elements
         )
 
-    def discrete_system(self):
+    def discrete_system(self, exact: bool = False):
         """Detached ``dict(lam_d, B_d, C, D, dt)``: complex (H, n) and real (H,) tensors.
 
         ``kernel(L)[h, l] == 2 Re(sum_i C[h,i] B_d[h,i] lam_d[h,i]**l)``; for dss-softmax
         the normalisation over ``l_max`` is folded into ``B_d``.
+
+        ``exact=True``: the discretisation of the stored (continuous) parameters in
+        complex128, not rounded to the layer's precision.  In float32 a mode with
+        ``|Re A| dt`` below ~3e-8 rounds to ``|lam_d| = 1``; its exact ``lam_d`` stays
+        inside the unit circle, which is what model reduction needs.
         """
         with torch.no_grad():
+            if exact:
+                lam, B, C, dt = self._continuous()
+                lam_d, log_scale, B_core = discretize(self.kernel_name, lam, B, dt, self.l_max)
+                return dict(lam_d=lam_d.clone(), B_d=discrete_B(log_scale, B_core).clone(), C=C.clone(),
+                            D=self.D.detach().to(torch.float64).clone(), dt=dt.clone())
             lam_d, log_scale, B_core, C = self._discrete()
             _, _, _, dt = self._continuous()
             cdt = _COMPLEX.get(self.D.dtype, torch.complex64)
@@ -263,10 +273,12 @@ class SSMLayer(nn.Module):
             raise ValueError("The dss-softmax kernel cannot represent modes with lam_d == 1 or lam_d == 0 (A = 0 or A = -inf).")
         if self.constrained and bool((mag[live] == 0).any()):
             raise ValueError(f"The {self.kernel_name} kernel cannot represent modes with lam_d == 0.")
-        # Padding modes: a harmless stable mode with zero output.
+        # Padding modes keep a representable lam_d and a nonzero B_d when given one (so that a
+        # zero-output slot can start from a chosen mode); otherwise a harmless stable mode.
         safe = torch.exp(-torch.exp(self.log_dt.detach().to("cpu", torch.float64)))[:, None].to(torch.complex128)
-        lam_d = torch.where(pad, safe.expand_as(lam_d), lam_d)
-        B_d = torch.where(pad, torch.ones_like(B_d), B_d)
+        usable = (mag > 0) & (mag < 1) if self.constrained else (mag > 0) & (lam_d != 1)
+        lam_d = torch.where(pad & ~usable, safe.expand_as(lam_d), lam_d)
+        B_d = torch.where(pad & (B_d == 0), torch.ones_like(B_d), B_d)
         C = torch.where(pad, torch.zeros_like(C), C)
 
         dt = torch.exp(self.log_dt.detach().to("cpu", torch.float64))

@@ -1,0 +1,126 @@
+"""Statistics of the experiment report against scipy and closed forms; convergence flags; early stopping."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ssmcompress import experiment as exp_mod
+from ssmcompress.experiment import comparisons, correlation, paired_comparison, still_rising, verdicts
+
+
+def test_paired_comparison_closed_form():
+    a = np.array([0.80, 0.82, 0.85, 0.83, 0.90])
+    b = a - np.array([0.01, 0.02, 0.03, 0.04, 0.05])        # d = 1..5 points
+    res = paired_comparison(a, b)
+    assert res["n"] == 5 and res["wins"] == 5 and res["losses"] == 0
+    assert res["mean_diff"] == pytest.approx(0.03)
+    sd = math.sqrt(2.5) / 100
+    t = 0.03 / (sd / math.sqrt(5))                           # = 4.2426...
+    assert t == pytest.approx(4.242640687, rel=1e-9)
+    assert res["t_p"] == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-9)
+    assert res["t_p"] == pytest.approx(0.013236, abs=1e-6)
+    half = stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
+    assert res["ci_low"] == pytest.approx(0.03 - half) and res["ci_high"] == pytest.approx(0.03 + half)
+    # exact Wilcoxon, n = 5, all differences positive: p = 2 / 2^5
+    assert res["wilcoxon_p"] == pytest.approx(0.0625)
+
+
+def test_paired_comparison_matches_scipy_on_fixed_inputs():
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0.6, 0.9, 9)
+    b = a + rng.normal(0.0, 0.02, 9)
+    res = paired_comparison(a, b)
+    assert res["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-12)
+    assert res["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-12)
+    assert res["mean_diff"] == pytest.approx(np.mean(a - b))
+
+
+def test_paired_comparison_degenerate_cases():
+    one = paired_comparison([0.5], [0.4])
+    assert one["n"] == 1 and one["t_p"] is None and one["wilcoxon_p"] is None and one["ci_low"] is None
+    same = paired_comparison([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert same["t_p"] == 1.0 and same["wilcoxon_p"] == 1.0 and same["mean_diff"] == 0
+    shifted = paired_comparison([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])       # constant difference
+    assert shifted["t_p"] == 0.0
+    with pytest.raises(ValueError, match="same length"):
+        paired_comparison([0.1, 0.2], [0.1])
+
+
+def test_correlation_matches_scipy():
+    a = np.array([0.7, 0.75, 0.8, 0.85, 0.9, 0.72])
+    b = np.array([0.3, 0.5, 0.45, 0.7, 0.8, 0.2])
+    res = correlation(a, b)
+    pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
+    assert res["n"] == 6
+    assert res["pearson"] == pytest.approx(pr[0]) and res["pearson_p"] == pytest.approx(pr[1])
+    assert res["spearman"] == pytest.approx(sr[0]) and res["spearman_p"] == pytest.approx(sr[1])
+    assert correlation([0.1, 0.2], [0.3, 0.4])["pearson"] is None
+
+
+def test_still_rising():
+    h = lambda accs: [{"val_accuracy": a} for a in accs]
+    assert still_rising(h([0.1, 0.2, 0.3, 0.4, 0.5]), False) is True
+    assert still_rising(h([0.1, 0.5, 0.4, 0.4, 0.4, 0.3]), False) is False
+    assert still_rising(h([0.1, 0.2, 0.3]), True) is False            # stopped early: converged
+    assert still_rising([{"val_accuracy": None}], False) is None       # regression
+
+
+def _rows():
+    rows = []
+    for seed, (bt, legs, budget) in enumerate([(0.9, 0.8, 0.85), (0.91, 0.82, 0.86), (0.92, 0.8, 0.9),
+                                               (0.9, 0.79, 0.88), (0.93, 0.81, 0.87)]):
+        for m, acc in (("bt", bt), ("legs", legs), ("legs-budget", budget)):
+            rows.append({"method": m, "kernel": "s4d", "state_dim": 8, "seed": seed, "retrained": True,
+                         "test_accuracy": acc, "ssm_params": 100, "params": 500, "state_dims": [8, 8]})
+    return rows
+
+
+def test_comparisons_pair_by_seed_and_check_sizes():
+    rows = _rows()
+    comps = comparisons(rows)
+    c = next(c for c in comps if c["method"] == "bt" and c["reference"] == "legs")
+    assert c["n"] == 5 and c["same_size"]
+    assert c["mean_diff"] == pytest.approx(np.mean([0.1, 0.09, 0.12, 0.11, 0.12]))
+    text = "\n".join(verdicts(comps))
+    assert "BT + main training beats Skew-HiPPO (" in text
+    # a size mismatch is reported, not hidden
+    rows[0]["ssm_params"] = 101
+    c = next(c for c in comparisons(rows) if c["method"] == "bt" and c["reference"] == "legs")
+    assert not c["same_size"]
+    # a missing seed is dropped from the pairing
+    rows = [r for r in _rows() if not (r["method"] == "legs" and r["seed"] == 4)]
+    c = next(c for c in comparisons(rows) if c["method"] == "bt" and c["reference"] == "legs")
+    assert c["n"] == 4
+
+
+def test_verdicts_say_does_not_beat_plainly():
+    rows = _rows()
+    for r in rows:
+        if r["method"] == "bt":
+            r["test_accuracy"] -= 0.2
+    text = "\n".join(verdicts(comparisons(rows)))
+    assert "BT + main training is beaten by Skew-HiPPO" in text
+
+
+def test_early_stopping_stops_and_stays_stopped(tmp_path):
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import TrainConfig, train
+    import torch
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4, l_max=64)
+    # lr so small that validation accuracy cannot keep improving for long
+    cfg = TrainConfig(epochs=30, patience=2, lr=1e-7, ssm_lr=0.0, batch_size=512, seed=0)
+    summary = train(model, data, cfg, tmp_path / "run", progress=False)
+    assert summary["stopped_early"] and summary["epochs"] < 30
+    assert summary["epochs"] - summary["best_epoch"] == 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == summary["epochs"]
+    again = train(SequenceModel(**model.config), data, cfg, tmp_path / "run", resume=True, progress=False)
+    assert again["epochs"] == summary["epochs"]
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
