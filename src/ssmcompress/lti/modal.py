@@ -13,8 +13,8 @@ Scores (``mode_scores``), per stored mode, all of the real subsystem ``g_i``:
 ``"hinf"``
     its H-infinity norm ``sup_omega |g_i|``, exactly (closed form: the peak of a second-order
     real system is at omega = 0, at the end of the band (discrete), or at the root of a quadratic
-    in a variable chosen so that nothing cancels; the candidates are evaluated directly).  Real modes: ``2 |Re rho| / |lam|`` (continuous),
-    ``2 |Re rho| / (1 - |lam|)`` (discrete).
+    in a variable chosen so that nothing cancels; the candidates are evaluated directly).
+    Real modes: ``2 |Re rho| / |lam|`` (continuous), ``2 |Re rho| / (1 - |lam|)`` (discrete).
 ``"hinf_bound"``
     LAST's score with the factor of the ``2 Re`` output: ``2 |rho| / |Re lam|`` (continuous),
     ``2 |rho| / (1 - |lam|)`` (discrete) for a complex mode, ``2 |Re rho| / ...`` for a real mode.
@@ -29,8 +29,6 @@ The kept modes are not changed (no re-diagonalisation), D is kept, and
 is reported as ``error_bound`` whatever score chose the modes.
 """
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 
