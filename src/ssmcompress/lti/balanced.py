@@ -1,6 +1,6 @@
-"""Hankel singular values and square-root balanced truncation of diagonal systems.
+"""Hankel singular values, square-root balanced truncation and balanced singular perturbation.
 
-Balanced truncation acts on the real system (the conjugate closure of order
+Balanced reduction acts on the real system (the conjugate closure of order
 m = 2n, coordinates of ``DiagonalSSM.to_real()``), never on the half system.
 
 1. Real factors ``P = Fp Fp^T``, ``Q = Fq Fq^T`` of the real-realization Gramians
@@ -18,13 +18,26 @@ m = 2n, coordinates of ``DiagonalSSM.to_real()``), never on the half system.
    complete-pivoting complex closure factors instead (``gramians.complex_hankel_singular_values``).
 3. Square-root projection ``T_r = Fp V_r sigma_r^-1/2``, ``W_r = Fq U_r sigma_r^-1/2``
    (``W_r^T T_r = I``), ``A_r = W_r^T A T_r``, ``B_r = W_r^T B``, ``C_r = C T_r``: real.
+   Singular perturbation (``balanced_singular_perturbation``) keeps the same r states
+   and residualises the next k (up to the numerical rank; the states below it are
+   numerically uncontrollable or unobservable and are truncated): with the unscaled
+   ``G = (Fq U)^T A (Fp V)``, ``Bg = (Fq U)^T B``, ``Cg = C (Fp V)`` on the first r + k
+   columns (so that ``A_balanced = sigma^-1/2 G sigma^-1/2``) and ``N = s0 sigma_2 - G_22``,
+
+       A_r = S (G_11 + G_12 N^-1 G_21) S,   B_r = S (Bg_1 + G_12 N^-1 Bg_2),
+       C_r = (Cg_1 + Cg_2 N^-1 G_21) S,     D_r = D + Cg_2 N^-1 Bg_2,     S = sigma_1^-1/2,
+
+   which is ``A_11 + A_12 (s0 I - A_22)^-1 A_21`` etc. of the balanced realization with the
+   fast states' ``sigma_2^-1/2`` scaling cancelled (it never enters).  ``s0 = 0`` for
+   continuous systems (``x2' = 0``), ``s0 = 1`` for discrete ones (``x2[k+1] = x2[k]``,
+   the discrete singular perturbation approximation): ``G_r(s0) = G(s0)``, the DC gain.
 4. Re-diagonalisation (``diagonalize.diagonalize``), checked against the dense
    ``(A_r, B_r, C_r)`` at a few points.
 
-Error bound (continuous, and discrete infinite horizon):
-``||G - G_r||_inf <= 2 * sum_{k > r} sigma_k``.  With a finite horizon the
-singular values are those of the length-L Hankel operator and the bound is
-only indicative (and the reduced system need not be stable).
+Error bound (continuous, and discrete infinite horizon), for truncation and singular
+perturbation alike: ``||G - G_r||_inf <= 2 * sum_{k > r} sigma_k``.  With a finite horizon
+the singular values are those of the length-L Hankel operator and the bound is only
+indicative (and the truncated system need not be stable).
 """
 from __future__ import annotations
 
@@ -41,7 +54,8 @@ from .gramians import (_check_horizon, _check_system, check_stable, complex_hank
                        near_real_channels, real_gramian_factors)
 from .system import DiagonalSSM
 
-__all__ = ["hankel_singular_values", "balanced_truncation", "BalancedTruncationResult"]
+__all__ = ["hankel_singular_values", "balanced_truncation", "balanced_singular_perturbation",
+           "BalancedReductionResult", "BalancedTruncationResult"]
 
 
 def _real_factors(sys, horizon):
@@ -84,14 +98,15 @@ def hankel_singular_values(sys, horizon=None, workers=None):
     return np.concatenate(parts).reshape(batch + (m,)) if parts else np.zeros(batch + (m,))
 
 
-class BalancedTruncationResult:
-    """Outcome of ``balanced_truncation``.
+class BalancedReductionResult:
+    """Outcome of ``balanced_truncation`` and ``balanced_singular_perturbation``.
 
     Attributes
     ----------
     system : DiagonalSSM
         Reduced system, same domain and dt, batch shape (...), ``n_out`` stored
-        modes (maximum over the batch; inactive padding elsewhere).
+        modes (maximum over the batch; inactive padding elsewhere).  Truncation
+        keeps D; singular perturbation changes it (per channel).
     hsv : ndarray, shape (..., 2n)
         Hankel singular values of the original real system, descending.
     order : int or ndarray of int, shape (...)
@@ -99,14 +114,17 @@ class BalancedTruncationResult:
     n_modes : int or ndarray of int, shape (...)
         Stored (active, non-padding) modes of each reduced channel.
     horizon : int or None
+    method : str
+        ``"truncation"`` or ``"singular_perturbation"``.
     """
 
-    def __init__(self, system, hsv, order, n_modes, horizon):
+    def __init__(self, system, hsv, order, n_modes, horizon, method="truncation"):
         self.system = system
         self.hsv = hsv
         self.order = order
         self.n_modes = n_modes
         self.horizon = horizon
+        self.method = method
 
     @property
     def error_bound(self):
@@ -127,7 +145,27 @@ class BalancedTruncationResult:
         return 2.0 * np.concatenate([tail, np.zeros(self.hsv.shape[:-1] + (1,))], -1)
 
     def __repr__(self):
-        return f"BalancedTruncationResult(system={self.system!r}, order={self.order!r})"
+        return f"BalancedReductionResult(method={self.method!r}, system={self.system!r}, order={self.order!r})"
+
+
+#: the name under which the result of ``balanced_truncation`` was introduced
+BalancedTruncationResult = BalancedReductionResult
+
+
+def check_order(order, batch):
+    """Real orders per channel: ``order`` (non-negative int or int array) broadcast to ``batch``."""
+    arr = np.asarray(order)
+    if order is None or arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(int)
+        else:
+            raise TypeError(f"order must be a non-negative integer (or integer array), got {order!r}.")
+    if np.any(arr < 0):
+        raise ValueError(f"order must be non-negative, got minimum {int(arr.min())}.")
+    try:
+        return np.broadcast_to(arr, batch).astype(int)
+    except ValueError:
+        raise ValueError(f"order must be broadcastable to the batch shape {batch}, got shape {arr.shape}.") from None
 
 
 def _requested_orders(sys, hsv, order, energy):
@@ -136,18 +174,7 @@ def _requested_orders(sys, hsv, order, energy):
         raise ValueError("give exactly one of order=r (real order) or energy=fraction, "
                          f"got order={order!r} and energy={energy!r}.")
     if order is not None:
-        arr = np.asarray(order)
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-                arr = arr.astype(int)
-            else:
-                raise TypeError(f"order must be a non-negative integer (or integer array), got {order!r}.")
-        if np.any(arr < 0):
-            raise ValueError(f"order must be non-negative, got minimum {int(arr.min())}.")
-        try:
-            return np.broadcast_to(arr, batch).astype(int)
-        except ValueError:
-            raise ValueError(f"order must be broadcastable to the batch shape {batch}, got shape {arr.shape}.") from None
+        return check_order(order, batch)
     if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not (0.0 < energy <= 1.0):
         raise ValueError(f"energy must be a fraction in (0, 1], got {energy!r}.")
     cs = np.cumsum(hsv, -1)
@@ -217,18 +244,54 @@ def balanced_truncation(sys, order=None, energy=None, horizon=None, check_rtol=1
 
     Returns
     -------
-    BalancedTruncationResult
+    BalancedReductionResult
         ``.system`` (DiagonalSSM, same domain, dt and D; stored modes = max over the
         batch of ``p + q`` for p conjugate pairs and q real eigenvalues, padded with
         inactive modes), ``.hsv`` (..., 2n), ``.order``, ``.n_modes``,
         ``.error_bound`` (...), ``.error_bounds()`` (..., 2n + 1).
     """
+    return _balanced_reduction(sys, order, energy, horizon, check_rtol, workers, residualise=False)
+
+
+def balanced_singular_perturbation(sys, order=None, energy=None, check_rtol=1e-6, workers=None):
+    """Balanced singular perturbation (balanced residualisation) of every channel, re-diagonalised.
+
+    The same balancing as ``balanced_truncation`` (same Hankel singular values, same
+    kept states, same error bound ``2 * sum of the discarded Hankel singular values``),
+    but the discarded states are set to their steady state instead of zero:
+    continuous ``A_r = A_11 - A_12 A_22^-1 A_21``, ``D_r = D - C_2 A_22^-1 B_2``;
+    discrete ``A_r = A_11 + A_12 (I - A_22)^-1 A_21``, ``D_r = D + C_2 (I - A_22)^-1 B_2``
+    (and B_r, C_r alike; see the module notes).  The reduced system matches the DC gain,
+    ``G_r(0) = G(0)`` (continuous) or ``G_r(1) = G(1)`` (discrete), up to the states below
+    the numerical rank (truncated, worth at most ``2 * sum`` of their tiny singular values),
+    and is stable.  Infinite-horizon Gramians only (stable systems).
+
+    Parameters
+    ----------
+    sys : DiagonalSSM, batch shape (...), stable, n stored modes (real order m = 2n)
+    order, energy : as in ``balanced_truncation`` (exactly one of them)
+        ``r >= 2n`` returns the channel as it is; ``r = 0`` gives the constant ``G(s0)``.
+    check_rtol, workers : as in ``balanced_truncation``
+
+    Returns
+    -------
+    BalancedReductionResult
+        As for ``balanced_truncation``, with ``method == "singular_perturbation"`` and
+        ``.system.D`` the reduced feed-through (per channel).
+    """
+    return _balanced_reduction(sys, order, energy, None, check_rtol, workers, residualise=True)
+
+
+def _balanced_reduction(sys, order, energy, horizon, check_rtol, workers, residualise):
+    """Balanced truncation (``residualise=False``) or singular perturbation, over chunks of the batch."""
     _check_system(sys)
     horizon = _check_horizon(sys, horizon)
     if isinstance(check_rtol, bool) or not isinstance(check_rtol, numbers.Real) or not check_rtol > 0:
         raise ValueError(f"check_rtol must be a positive number, got {check_rtol!r}.")
+    method = "singular_perturbation" if residualise else "truncation"
     if horizon is None:
-        check_stable(sys, "Hankel singular values and balanced truncation with an infinite horizon")
+        what = "balanced singular perturbation" if residualise else "balanced truncation"
+        check_stable(sys, f"Hankel singular values and {what} with an infinite horizon")
     batch, n = sys.batch_shape, sys.n_modes
     m = 2 * n
     flat = int(np.prod(batch, dtype=int))
@@ -238,12 +301,13 @@ def balanced_truncation(sys, order=None, energy=None, horizon=None, check_rtol=1
 
     def work(sl):
         r = None if r_req is None else r_req[sl]
-        return _truncate_chunk(flat_sys[sl], sl.start, batch, r, energy, horizon, check_rtol)
+        return _reduce_chunk(flat_sys[sl], sl.start, batch, r, energy, horizon, check_rtol, residualise)
 
     parts = _map_chunks(work, flat, m, workers)
     hsv = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, m))
     r_eff = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, int)
     counts = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, int)
+    D = np.concatenate([p[6] for p in parts]) if parts else np.zeros(0)
     n_out = int(counts.max()) if flat else 0
     lam = np.full((flat, n_out), PAD_MODE[sys.domain], np.complex128)
     Bo = np.zeros((flat, n_out), np.complex128)
@@ -252,14 +316,14 @@ def balanced_truncation(sys, order=None, energy=None, horizon=None, check_rtol=1
         k = part[3].shape[-1]
         lam[sl, :k], Bo[sl, :k], Co[sl, :k] = part[3], part[4], part[5]
     system = DiagonalSSM(lam.reshape(batch + (n_out,)), Bo.reshape(batch + (n_out,)),
-                         Co.reshape(batch + (n_out,)), np.broadcast_to(sys.D, batch),
+                         Co.reshape(batch + (n_out,)), D.reshape(batch),
                          None if sys.dt is None else np.broadcast_to(sys.dt, batch), sys.domain)
     hsv = hsv.reshape(batch + (m,))
     if batch:
         order_out, modes_out = r_eff.reshape(batch), counts.reshape(batch)
     else:
         order_out, modes_out = int(r_eff[0]), int(counts[0])
-    return BalancedTruncationResult(system, hsv, order_out, modes_out, horizon)
+    return BalancedReductionResult(system, hsv, order_out, modes_out, horizon, method)
 
 
 def _near_real_fix(sys, hsv, horizon):
@@ -357,27 +421,70 @@ def _single_threaded_blas():
                 _BLAS_LIMITER = None
 
 
-def _truncate_chunk(sys, offset, batch, r_req, energy, horizon, check_rtol):
-    """Balanced truncation of a flat chunk (batch shape (F,)); returns hsv, r_eff, counts, lam, B, C."""
+class _Balancing:
+    """The shared balance step of a flat chunk (batch shape (F,)).
+
+    ``Fp, Fq`` real Gramian factors (F, m, m); ``U, sig, Vh`` the SVD of ``Fq^T Fp``;
+    ``hsv`` the reported Hankel singular values (accurate ones for near-real channels);
+    ``rank`` the numerical rank (states above ``m * eps`` of the largest value);
+    ``order`` the kept real order per channel (``m`` where the channel is kept as it is);
+    ``as_is`` channels whose requested order is at least m.
+    """
+
+    def __init__(self, sys, r_req, energy, horizon):
+        flat, m = sys.batch_shape[0], sys.order
+        self.Fp, self.Fq, M = _real_factors(sys, horizon)
+        if m:
+            self.U, self.sig, self.Vh = np.linalg.svd(M)         # sig goes with U, Vh in the projection
+        else:
+            self.U, self.sig, self.Vh = M, np.zeros((flat, 0)), M
+        self.hsv = _near_real_fix(sys, self.sig, horizon)        # reported values, order choice and bounds
+        if r_req is None:
+            r_req = _requested_orders(sys, self.hsv, None, energy)
+        eps_m = m * np.finfo(float).eps
+        self.rank = (np.minimum(np.sum(self.hsv > eps_m * self.hsv[:, :1], -1),
+                                np.sum(self.sig > eps_m * self.sig[:, :1], -1)) if m else np.zeros(flat, int))
+        self.as_is = r_req >= m
+        self.order = np.where(self.as_is, m, np.minimum(r_req, self.rank))
+
+    def project(self, idx, r, k, lam, B_real, C_real, D, s0):
+        """Dense real reduced systems of channels ``idx``: keep r balanced states, residualise the next k.
+
+        ``k = 0`` is truncation.  Returns ``A_r`` (g, r, r), ``B_r`` (g, r), ``C_r`` (g, r), ``D_r`` (g,).
+        """
+        q = r + k
+        FpV = self.Fp[idx] @ self.Vh[idx, :q].swapaxes(-1, -2)                   # (g, m, q), T without sigma
+        FqUt = np.ascontiguousarray((self.Fq[idx] @ self.U[idx, :, :q]).swapaxes(-1, -2))
+        G = FqUt @ _apply_A(lam[idx], FpV)                                      # (g, q, q)
+        Bg = FqUt @ B_real[idx][..., None]                                      # (g, q, 1)
+        Cg = C_real[idx][:, None, :] @ FpV                                      # (g, 1, q)
+        Dr = np.array(D[idx], np.float64)
+        if k:
+            N = s0 * (self.sig[idx, r:q, None] * np.eye(k)) - G[:, r:, r:]      # s0 sigma_2 - G_22
+            try:
+                Z = np.linalg.solve(N, np.concatenate([G[:, r:, :r], Bg[:, r:]], -1))   # (g, k, r + 1)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"singular perturbation to order {int(r)}: the residualised block "
+                                 "s0 I - A_22 is singular for some channel; choose another order.") from None
+            Dr = Dr + (Cg[..., r:] @ Z[..., r:])[:, 0, 0]
+            G, Bg, Cg = (G[:, :r, :r] + G[:, :r, r:] @ Z[..., :r], Bg[:, :r] + G[:, :r, r:] @ Z[..., r:],
+                         Cg[..., :r] + Cg[..., r:] @ Z[..., :r])
+        s_inv = 1.0 / np.sqrt(self.sig[idx, :r])
+        return (s_inv[:, :, None] * G * s_inv[:, None, :], s_inv * Bg[..., 0], Cg[:, 0, :] * s_inv, Dr)
+
+
+def _reduce_chunk(sys, offset, batch, r_req, energy, horizon, check_rtol, residualise):
+    """Balanced reduction of a flat chunk (batch shape (F,)); returns hsv, r_eff, counts, lam, B, C, D."""
     flat, n = sys.batch_shape[0], sys.n_modes
-    m = 2 * n
-    Fp, Fq, M = _real_factors(sys, horizon)
-    if m:
-        U, sig, Vh = np.linalg.svd(M)                # sig goes with U, Vh in the projection
-    else:
-        U, sig, Vh = M, np.zeros((flat, 0)), M
-    hsv = _near_real_fix(sys, sig, horizon)          # reported values, order choice and bounds
-    if r_req is None:
-        r_req = _requested_orders(sys, hsv, None, energy)
-    eps_m = m * np.finfo(float).eps
-    rank = (np.minimum(np.sum(hsv > eps_m * hsv[:, :1], -1), np.sum(sig > eps_m * sig[:, :1], -1))
-            if m else np.zeros(flat, int))
-    as_is = r_req >= m
-    r_eff = np.where(as_is, m, np.minimum(r_req, rank))
+    bal = _Balancing(sys, r_req, energy, horizon)
+    r_eff, as_is = bal.order, bal.as_is
+    fast = np.where(as_is, 0, bal.rank - r_eff) if residualise else np.zeros(flat, int)
+    s0 = 1.0 if sys.is_discrete else 0.0
 
     lam_in, B_in, C_in = sys.modes, sys.B, sys.C
     B_real = np.concatenate([B_in.real, B_in.imag], -1)                     # [Re b; Im b]
     C_real = 2.0 * np.concatenate([C_in.real, -C_in.imag], -1)              # 2 [Re c, -Im c]
+    D_out = np.array(sys.D, np.float64)
 
     pieces = []                                                               # (index array, lam, B, C)
     counts = np.zeros(flat, int)
@@ -385,18 +492,14 @@ def _truncate_chunk(sys, offset, batch, r_req, energy, horizon, check_rtol):
         idx = np.flatnonzero(as_is)
         pieces.append((idx, lam_in[idx], B_in[idx], C_in[idx]))
         counts[idx] = n
-    for r in np.unique(r_eff[~as_is]):
-        idx = np.flatnonzero((r_eff == r) & ~as_is)
+    for r, k in sorted(set(zip(r_eff[~as_is].tolist(), fast[~as_is].tolist()))):
+        idx = np.flatnonzero((r_eff == r) & (fast == k) & ~as_is)
+        if r == 0 and k == 0:
+            continue
+        Ar, Br, Cr, D_out[idx] = bal.project(idx, r, k, lam_in, B_real, C_real, sys.D, s0)
         if r == 0:
             continue
-        s_inv = 1.0 / np.sqrt(sig[idx, :r])[:, None, :]
-        V = Fp[idx] @ Vh[idx, :r].swapaxes(-1, -2) * s_inv                    # T_r (g, m, r), real
-        W = Fq[idx] @ U[idx, :, :r] * s_inv                                    # W_r, W_r^T T_r = I
-        Wt = np.ascontiguousarray(W.swapaxes(-1, -2))
-        Ar = Wt @ _apply_A(lam_in[idx], V)                                     # W_r^T A T_r
-        Br = (Wt @ B_real[idx][..., None])[..., 0]
-        Cr = (C_real[idx][:, None, :] @ V)[:, 0, :]
-        red, cnt = diagonalize(Ar, Br, Cr, sys.D[idx], None, sys.domain, return_counts=True)
+        red, cnt = diagonalize(Ar, Br, Cr, None, None, sys.domain, return_counts=True)
         mismatch = _dense_tf_check(Ar, Br, Cr, red, sys.domain)
         if np.any(mismatch > check_rtol):
             bad = idx[mismatch > check_rtol] + offset
@@ -417,4 +520,4 @@ def _truncate_chunk(sys, offset, batch, r_req, energy, horizon, check_rtol):
     for idx, l, b, c in pieces:
         k = l.shape[-1]
         lam[idx, :k], Bo[idx, :k], Co[idx, :k] = l, b, c
-    return hsv, r_eff, counts, lam, Bo, Co
+    return bal.hsv, r_eff, counts, lam, Bo, Co, D_out

@@ -29,7 +29,7 @@ import numpy as np
 
 from .system import DiagonalSSM
 
-__all__ = ["diagonalize", "pack_modes", "PAD_MODE"]
+__all__ = ["diagonalize", "eigen_residues", "pack_modes", "PAD_MODE"]
 
 #: eigenvalue of an inactive padding mode, per domain
 PAD_MODE = {"continuous": -1.0, "discrete": 0.0}
@@ -57,6 +57,42 @@ def pack_modes(lam, B, C, keep, domain):
     B = np.where(valid, np.take_along_axis(B, order, -1), 0.0)
     C = np.where(valid, np.take_along_axis(C, order, -1), 0.0)
     return lam, B, C, counts
+
+
+def eigen_residues(A, B, C):
+    """Eigenvalues and pole residues of dense real SISO systems, without any check.
+
+    ``A = S diag(w) S^-1``; the transfer function is ``sum_k Ct_k Bt_k / (s - w_k)`` with
+    ``Bt = S^-1 B``, ``Ct = C S``.  LAPACK's real ``geev`` returns complex eigenvalues in exact
+    conjugate pairs and real ones with ``Im == 0``.
+
+    Parameters
+    ----------
+    A : ndarray, float64, shape (F, r, r);  B, C : ndarray, float64, shape (F, r)
+
+    Returns
+    -------
+    w, Bt, Ct : ndarray, complex128, shape (F, r)
+    cond : ndarray, float64, shape (F,)
+        1-norm condition number of the eigenvector matrix (LAPACK normalises its columns);
+        ``inf`` where it is singular.  Large values mean a (numerically) defective A.
+    """
+    w, S = np.linalg.eig(A)                                                # (F, r), (F, r, r)
+    w = w.astype(np.complex128)
+    S = S.astype(np.complex128)
+    try:
+        S_inv = np.linalg.inv(S)
+        cond = np.abs(S).sum(-2).max(-1) * np.abs(S_inv).sum(-2).max(-1)      # 1-norm condition number
+    except np.linalg.LinAlgError:                                           # an exactly singular S somewhere
+        cond = np.linalg.cond(S, 1)
+        ok = np.isfinite(cond)
+        S_inv = np.zeros_like(S)
+        if np.any(ok):
+            S_inv[ok] = np.linalg.inv(S[ok])
+        cond = np.where(ok, cond, np.inf)
+    Bt = (S_inv @ B[..., None].astype(np.complex128))[..., 0]                # S^-1 B
+    Ct = np.einsum("fi,fik->fk", C.astype(np.complex128), S)                 # C S
+    return w, Bt, Ct, cond
 
 
 def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, return_counts=False):
@@ -117,15 +153,7 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
                           D, dt, domain)
         return (out, np.zeros(batch, int)) if return_counts else out
 
-    w, S = np.linalg.eig(Af)                                                # (F, r), (F, r, r)
-    w = w.astype(np.complex128)
-    S = S.astype(np.complex128)
-    try:
-        S_inv = np.linalg.inv(S)
-        cond = np.abs(S).sum(-2).max(-1) * np.abs(S_inv).sum(-2).max(-1)      # 1-norm condition number
-    except np.linalg.LinAlgError:                                           # an exactly singular S somewhere
-        S_inv = None
-        cond = np.linalg.cond(S, 1)
+    w, Bt, Ct, cond = eigen_residues(Af, Bf, Cf)
     bad = ~(cond <= cond_max)
     if np.any(bad):
         idx = np.unravel_index(np.flatnonzero(bad), batch) if batch else ()
@@ -135,9 +163,6 @@ def diagonalize(A, B, C, D=None, dt=None, domain="continuous", cond_max=1e12, re
             f"{float(np.max(np.where(bad, cond, 0))):.1e} > {cond_max:.0e}), so it has no diagonal form; "
             f"reduce to an order one lower or higher."
         )
-    Bt = (S_inv @ Bf[..., None].astype(np.complex128))[..., 0]                # S^-1 B
-    Ct = np.einsum("fi,fik->fk", Cf.astype(np.complex128), S)                # C S
-
     real = w.imag == 0
     upper = w.imag > 0
     keep = real | upper
