@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssmcompress.compress import (STABLE_RADIUS, compress_model, layer_system, mode_h2_scores, reduce_layer,
-                                  resolve_horizon)
+from ssmcompress.compress import (METHODS, STABLE_RADIUS, allocate_budget, budget_ranks, compress_model,
+                                  layer_mode_scores, layer_system, reduce_layer, resolve_horizon)
 from ssmcompress.lti import DiagonalSSM, balanced_truncation
 from ssmcompress.lti.refit import impulse_response
 from ssmcompress.nn import SequenceModel
@@ -14,7 +14,7 @@ from ssmcompress.nn import SequenceModel
 KERNELS = ["s4d", "bilinear", "dss-exp", "dss-softmax"]
 
 
-def _model(kernel, N=16, seed=0, l_max=64, H=6, layers=2, dtype=torch.float64):
+def _model(kernel, N=16, seed=0, l_max=64, H=6, layers=2, dtype=torch.float64, stable=False):
     torch.manual_seed(seed)
     m = SequenceModel(d_input=1, d_output=3, d_model=H, layers=layers, state_dim=N, kernel=kernel, l_max=l_max)
     with torch.no_grad():            # spread the modes like a trained model: some slow, some fast
@@ -22,16 +22,20 @@ def _model(kernel, N=16, seed=0, l_max=64, H=6, layers=2, dtype=torch.float64):
             name = "log_A_real" if layer.constrained else "A_real"
             p = getattr(layer, name)
             p.add_(torch.randn_like(p) * (1.0 if layer.constrained else 0.3))
+            if stable and not layer.constrained:
+                p.copy_(-p.abs() - 0.05)
             layer.log_dt.add_(torch.randn_like(layer.log_dt))
     return m.to(dtype)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("method", ["bt", "modal"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("refit", [False, True])
 def test_rank_r_gives_the_shapes_of_a_fresh_size_r_model(kernel, method, refit):
     model = _model(kernel, N=24)
-    for r in (8, 4, 2):
+    if method in ("bsp", "h2") and kernel == "dss-softmax":
+        model = _model(kernel, N=24, stable=True)
+    for r in ((8, 2) if method == "h2" else (8, 4, 2)):
         small, report = compress_model(model, method=method, rank=r, refit=refit)
         fresh = SequenceModel(**{**model.config, "state_dim": r})
         assert small.state_dims == [r, r]
@@ -150,7 +154,7 @@ def test_modal_keeps_the_modes_with_the_largest_h2_score():
     B = np.ones((1, 5), complex)
     C = rng.standard_normal((1, 5)) + 1j * rng.standard_normal((1, 5))
     sys = DiagonalSSM(lam, B, C, 0.0, 1.0, "discrete")
-    s = mode_h2_scores(sys)
+    s = layer_mode_scores(sys, "h2")
     # closed form against brute force: the energy of each mode's own 2 Re(r lam^l) response
     for i in range(5):
         h = 2 * (C[0, i] * lam[0, i] ** np.arange(4000)).real
@@ -158,7 +162,56 @@ def test_modal_keeps_the_modes_with_the_largest_h2_score():
     model = _model("s4d", N=10, layers=1)
     layer = model.ssm_layers()[0]
     red, _ = reduce_layer(layer, method="modal", rank=4, refit=False)
-    scores = mode_h2_scores(layer_system(layer))
+    scores = layer_mode_scores(layer_system(layer), "h2")
     top = np.sort(np.argsort(-scores, -1)[:, :2], -1)
     for h in range(layer.d_model):
         np.testing.assert_allclose(np.sort_complex(red.modes[h]), np.sort_complex(layer_system(layer).modes[h, top[h]]))
+
+
+def test_unstable_active_modes_are_always_kept_by_modal_truncation():
+    lam = np.array([[1.01 * np.exp(0.2j), 0.5 * np.exp(1j), 0.9 * np.exp(2j)]])
+    sys = DiagonalSSM(lam, 1.0, np.array([[1e-6, 1.0, 1.0]]), 0.0, 0.1, "discrete")
+    sc = layer_mode_scores(sys, "hinf")
+    assert np.isinf(sc[0, 0]) and np.all(np.isfinite(sc[0, 1:]))
+
+
+def test_bsp_and_h2_refuse_a_finite_horizon():
+    model = _model("s4d", N=12)
+    for method in ("bsp", "h2"):
+        with pytest.raises(ValueError, match="infinite horizon"):
+            compress_model(model, method=method, rank=4, horizon="finite")
+    with pytest.raises(ValueError, match="rank"):
+        compress_model(model, method="h2", energy=0.9)
+
+
+def test_allocate_budget_is_one_global_threshold_and_exact():
+    values = [np.array([0.5, 0.3, 0.15, 0.05]), np.array([0.9, 0.05, 0.03, 0.02]), np.array([0.4, 0.3, 0.2, 0.1])]
+    assert allocate_budget(values, 3) == [1, 1, 1]
+    assert allocate_budget(values, 12) == [4, 4, 4]
+    # next slots by value: 0.3 (layer 0), 0.3 (layer 2), 0.2 (layer 2), 0.15 (layer 0), 0.1 (layer 2), ...
+    assert allocate_budget(values, 5) == [2, 1, 2]
+    assert allocate_budget(values, 7) == [2, 1, 4] or allocate_budget(values, 7) == [3, 1, 3]
+    for b in range(3, 13):
+        assert sum(allocate_budget(values, b)) == b
+    with pytest.raises(ValueError, match="budget"):
+        allocate_budget(values, 2)
+    with pytest.raises(ValueError, match="budget"):
+        allocate_budget(values, 13)
+
+
+@pytest.mark.parametrize("method", ["bt", "modal-hinf"])
+def test_budget_is_met_exactly_and_layers_of_different_sizes_run(method):
+    model = _model("s4d", N=16, layers=3, H=6)
+    with torch.no_grad():                 # layer 1 decays very fast: little Hankel energy beyond its first states
+        model.ssm_layers()[1].log_A_real.add_(3.0)
+    for budget in (3, 9, 15, 0.5):
+        small, report = compress_model(model, method=method, budget=budget)
+        want = budget if isinstance(budget, int) else round(0.5 * 24)
+        assert sum(d // 2 for d in small.state_dims) == want
+        assert report.budget == budget
+    ranks = budget_ranks(model, 12, method)
+    assert sum(r // 2 for r in ranks) == 12
+    # layers of different sizes load, run and stream
+    small, _ = compress_model(model, method=method, rank=ranks)
+    x = torch.randn(2, 64, 1, dtype=torch.float64)
+    torch.testing.assert_close(small.eval().stream(x), small(x), rtol=1e-7, atol=1e-9)

@@ -54,6 +54,13 @@ _nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "non-negative an
 _fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
+def _budget(text: str):
+    """--budget: a whole number of stored modes, or a fraction in (0, 1)."""
+    if "." in text or "e" in text.lower():
+        return _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1) or a whole number of stored modes")(text)
+    return _positive_int(text)
+
+
 def _even_state_dim(text: str) -> int:
     v = _positive_int(text)
     if v % 2:
@@ -253,12 +260,13 @@ def _horizon(text: str):
 def cmd_compress(args) -> int:
     from .compress import compress_run
 
-    if (args.rank is None) == (args.energy is None):
-        raise UserError("give exactly one of --rank r (real order per channel) or --energy e (fraction of Hankel singular values).")
-    if args.energy is not None and args.method != "bt":
-        raise UserError(f"--energy works with --method bt only; give --rank r for {args.method}.")
+    if sum(v is not None for v in (args.rank, args.energy, args.budget)) != 1:
+        raise UserError("give exactly one of --rank r (real order per channel), --energy e (fraction of Hankel "
+                        "singular values) or --budget B (stored modes in all layers, or a fraction).")
+    if args.energy is not None and args.method not in ("bt", "bsp"):
+        raise UserError(f"--energy works with --method bt or bsp only; give --rank or --budget for {args.method}.")
     summary = compress_run(Path(args.run), Path(args.out), rank=args.rank, energy=args.energy, method=args.method,
-                           horizon=_horizon(args.horizon), refit=args.refit)
+                           horizon=_horizon(args.horizon), refit=args.refit, budget=args.budget)
     if args.json:
         _print_json(summary)
         return 0
@@ -417,8 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=_even_state_dim, metavar="r", help="real order per channel (even): r/2 stored modes")
     c.add_argument("--energy", type=_positive_float, metavar="e",
                    help="instead of --rank (bt only): keep the smallest order whose Hankel singular values reach this fraction")
-    c.add_argument("--method", choices=("bt", "modal"), default="bt",
-                   help="bt = balanced truncation (default); modal = keep the modes with the largest H2 score")
+    c.add_argument("--budget", type=_budget, metavar="B",
+                   help="instead of --rank: stored modes per channel summed over layers (integer), or a fraction in "
+                        "(0, 1) of the model's; per-layer sizes from one global threshold on layer-normalised "
+                        "Hankel singular values (balanced methods) or mode scores (modal methods, as LAST)")
+    c.add_argument("--method", choices=("bt", "bsp", "h2", "modal", "modal-hinf"), default="bt",
+                   help="bt = balanced truncation (default); bsp = balanced singular perturbation (matches the DC "
+                        "gain); h2 = IRKA H2-optimal reduction started from BT; modal = keep the modes with the largest "
+                        "H2 score; modal-hinf = the largest H-infinity score (LAST)")
     c.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
                    help="Gramians over an infinite horizon or the kernel length (finite) or L taps; "
                         "auto = infinite (layers with unstable modes always use the kernel length)")

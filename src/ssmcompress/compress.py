@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .lti import DiagonalSSM, balanced_truncation, hankel_singular_values
+from .lti import (DiagonalSSM, balanced_singular_perturbation, balanced_truncation, h2_optimal,
+                  hankel_singular_values, mode_scores)
 from .lti.refit import impulse_response, refit_output, stabilize_modes
 
-METHODS = ("bt", "modal")
+#: bt: balanced truncation; bsp: balanced singular perturbation; h2: IRKA (H2-optimal, from BT);
+#: modal: modes with the largest H2 score; modal-hinf: modes with the largest H-infinity score (LAST)
+METHODS = ("bt", "bsp", "h2", "modal", "modal-hinf")
+_BALANCED = ("bt", "bsp", "h2")
+_MODAL_SCORE = {"modal": "h2", "modal-hinf": "hinf"}
 #: Horizon of the Gramians when the user says "auto" (see ``resolve_horizon``).
 DEFAULT_HORIZON = "infinite"
 #: Whether C and D are refitted on the length-L kernel by default (see ``reduce_layer``).
@@ -45,6 +50,7 @@ class LayerReport:
     refit: bool = False             # C and D refitted by least squares on the length-L response
     stabilized: int = 0             # modes moved inside STABLE_RADIUS
     free_slots: int = 0             # stored modes that start with zero output
+    extra: dict = field(default_factory=dict)   # method-specific facts (IRKA convergence, ...)
 
     def summary(self) -> dict:
         out = {"layer": self.layer, "method": self.method, "state_dim_before": self.state_dim_before,
@@ -53,12 +59,13 @@ class LayerReport:
                "order_max": int(np.max(self.orders)), "stabilized_modes": int(self.stabilized),
                "free_slots": int(self.free_slots),
                "kernel_rel_error_max": float(np.max(self.kernel_rel_error)),
-               "kernel_rel_error_mean": float(np.mean(self.kernel_rel_error))}
+               "kernel_rel_error_mean": float(np.mean(self.kernel_rel_error)), **self.extra}
         if self.error_bound is not None:
             out["error_bound_max"] = float(np.max(self.error_bound))
         if self.hinf_error is not None:
             out["hinf_error_max"] = float(np.max(self.hinf_error))
-            if self.error_bound is not None and self.horizon is None and not self.refit and not self.stabilized:
+            if (self.error_bound is not None and self.horizon is None and not self.refit and not self.stabilized
+                    and self.method in ("bt", "bsp")):
                 out["bound_holds"] = bool(np.all(self.hinf_error <= self.error_bound * (1 + 1e-6) + 1e-12))
         return out
 
@@ -76,9 +83,10 @@ class CompressionReport:
     rank: object
     energy: float | None
     layers: list[LayerReport] = field(default_factory=list)
+    budget: object = None
 
     def to_json(self) -> dict:
-        return {"method": self.method, "rank": self.rank, "energy": self.energy,
+        return {"method": self.method, "rank": self.rank, "energy": self.energy, "budget": self.budget,
                 "layers": [r.to_json() for r in self.layers]}
 
 
@@ -127,68 +135,77 @@ def _per_layer(value, n_layers: int, what: str):
     return value
 
 
-def _take_active(sys: DiagonalSSM, counts: np.ndarray, slots: int, out, rows):
-    """Copy the first ``counts[h]`` stored modes of each channel of ``sys`` into ``out[rows]``."""
-    lam, B, C = out
+def _take_active(res, rows, slots: int, out):
+    """Copy the first ``res.n_modes`` stored modes (and D) of each channel of a reduction result into ``out[rows]``."""
+    lam, B, C, D = out
+    sys, counts = res.system, np.atleast_1d(np.asarray(res.n_modes))
     for j, h in enumerate(rows):
         k = int(counts[j])
         if k > slots:
             raise AssertionError("a reduced channel does not fit its slots")
         if np.any(sys.residues[j, k:] != 0):
             raise AssertionError("reduced modes are not packed at the front")
-        lam[h, :k], B[h, :k], C[h, :k] = sys.modes[j, :k], sys.B[j, :k], sys.C[j, :k]
+        lam[h, :k], B[h, :k], C[h, :k], D[h] = sys.modes[j, :k], sys.B[j, :k], sys.C[j, :k], sys.D[j]
 
 
-def _balanced_into_slots(sys: DiagonalSSM, slots: int, horizon):
-    """Per channel, the largest balanced-truncation order whose diagonal form fits in ``slots`` stored modes.
+def _reduce_into_slots(sys: DiagonalSSM, slots: int, reduce):
+    """Per channel, the largest order whose diagonal form fits in ``slots`` stored modes.
 
-    A conjugate pair takes one stored mode (real order 2), a real eigenvalue one as well
-    (real order 1): order 2*slots fits unless the reduced A has real eigenvalues; then the
-    order is lowered one by one for those channels (order 2*slots - 1 with one real
-    eigenvalue always fits).  Returns (lam, B, C, D) of shape (H, slots), counts, orders, hsv.
+    ``reduce(sub_system, orders)`` is a batched reduction (balanced truncation, singular
+    perturbation, IRKA) returning ``.system``, ``.order`` and ``.n_modes``.  A conjugate
+    pair takes one stored mode (real order 2), a real eigenvalue one as well (real order 1):
+    order 2*slots fits unless the reduced A has real eigenvalues; then the order is lowered
+    one by one for those channels (order 2*slots - 1 with one real eigenvalue always fits).
+    Returns (lam, B, C, D) of shapes (H, slots) and (H,), the stored-mode counts, the orders
+    and the first result (whose ``hsv`` are those of the original channels, where it has them).
     """
     H = sys.batch_shape[0]
-    out = tuple(np.zeros((H, slots), np.complex128) for _ in range(3))
+    out = tuple(np.zeros((H, slots), np.complex128) for _ in range(3)) + (sys.D.copy(),)
     order = np.full(H, 2 * slots)
-    res = balanced_truncation(sys, order=order, horizon=horizon)
-    hsv, achieved, counts = res.hsv, np.array(res.order), np.array(res.n_modes)
+    first = reduce(sys, order)
+    achieved, counts = np.array(first.order), np.array(first.n_modes)
     fits = counts <= slots
-    _take_active(res.system[np.flatnonzero(fits)], counts[fits], slots, out, np.flatnonzero(fits))
+    rows = np.flatnonzero(fits)
+    _take_active(_subset(first, rows), rows, slots, out)
     todo = np.flatnonzero(~fits)
     while todo.size:
         order[todo] -= 1
-        sub = balanced_truncation(sys[todo], order=order[todo], horizon=horizon)
+        sub = reduce(sys[todo], order[todo])
         sub_counts, sub_orders = np.array(sub.n_modes), np.array(sub.order)
         ok = sub_counts <= slots
-        _take_active(sub.system[np.flatnonzero(ok)], sub_counts[ok], slots, out, todo[ok])
+        _take_active(_subset(sub, np.flatnonzero(ok)), todo[ok], slots, out)
         achieved[todo[ok]], counts[todo[ok]] = sub_orders[ok], sub_counts[ok]
         todo = todo[~ok]
-    return out, counts, achieved, hsv
+    return out, counts, achieved, first
 
 
-def mode_h2_scores(sys: DiagonalSSM) -> np.ndarray:
-    """H2 norm of each stored mode's own real subsystem, shape (..., n) (discrete systems).
+class _subset:
+    """Rows ``idx`` of a reduction result (system and n_modes)."""
 
-    A stored mode contributes ``h[l] = 2 Re(r lam^l)`` with residue ``r = C B``, so
-    ``sum_l h[l]^2 = 2 |r|^2 / (1 - |lam|^2) + 2 Re(r^2 / (1 - lam^2))``; modes on or
-    outside the unit circle score infinity.
-    """
-    if not sys.is_discrete:
-        raise ValueError("mode_h2_scores works on discrete systems, got a continuous one.")
-    lam, r = sys.modes, sys.residues
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = 2 * np.abs(r) ** 2 / (1 - np.abs(lam) ** 2) + 2 * (r ** 2 / (1 - lam ** 2)).real
-    return np.where(np.abs(lam) < 1, np.sqrt(np.maximum(e, 0.0)), np.inf)
+    def __init__(self, res, idx):
+        self.system = res.system[idx]
+        self.n_modes = np.asarray(res.n_modes)[idx]
 
 
-def _modal_into_slots(sys: DiagonalSSM, slots: int):
-    """Keep the ``slots`` stored modes with the largest H2 score per channel."""
+def layer_mode_scores(sys: DiagonalSSM, score: str = "h2") -> np.ndarray:
+    """``lti.mode_scores`` of every stored mode, shape (H, n); active modes outside the unit circle
+    (possible for dss-softmax) score infinity, so modal truncation always keeps them."""
+    unstable = ~sys.stable_modes() & (sys.residues != 0)
+    if not unstable.any():
+        return mode_scores(sys, score)
+    safe = DiagonalSSM(np.where(unstable, 0.5, sys.modes), sys.B, np.where(unstable, 0.0, sys.C), sys.D, sys.dt,
+                       sys.domain)
+    return np.where(unstable, np.inf, mode_scores(safe, score))
+
+
+def _modal_into_slots(sys: DiagonalSSM, slots: int, score: str):
+    """Keep the ``slots`` stored modes with the largest score per channel (modes unchanged, D kept)."""
     H = sys.batch_shape[0]
-    keep = np.argsort(-mode_h2_scores(sys), axis=-1, kind="stable")[:, :slots]
+    keep = np.argsort(-layer_mode_scores(sys, score), axis=-1, kind="stable")[:, :slots]
     take = lambda a: np.take_along_axis(a, keep, -1)
     lam, B, C = take(sys.modes), take(sys.B), take(sys.C)
     orders = np.where(lam.imag == 0, 1, 2).sum(-1)
-    return (lam, B, C), np.full(H, slots), orders
+    return (lam, B, C, sys.D.copy()), np.full(H, slots), orders
 
 
 def _free_slot_modes(layer, slots: int, dt: np.ndarray):
@@ -223,40 +240,48 @@ def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="aut
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not available; choose one of {', '.join(METHODS)}.")
+    if method == "h2" and rank is None:
+        raise ValueError("method 'h2' takes a rank (real order per channel), not an energy fraction.")
     refit = DEFAULT_REFIT if refit is None else bool(refit)
     sys = layer_system(layer)
     H, n = sys.batch_shape[0], sys.n_modes
     h = resolve_horizon(horizon, layer, sys)
     L = int(kernel_length or layer.l_max or 1024)
-    hsv = bound = None
+    hsv = bound = extra = None
+    if method in ("bsp", "h2") and h is not None:   # no finite-horizon variant of these
+        raise ValueError(f"method {method!r} needs the infinite horizon and stable modes, but layer {index} "
+                         f"({layer.kernel_name}) is reduced over a finite horizon of {h} taps; use bt or modal.")
     if rank is not None and rank >= 2 * n:                  # nothing to reduce
         slots, orders = n, np.full(H, 2 * n)
-        (lam, B, C), counts, D = (sys.modes.copy(), sys.B.copy(), sys.C.copy()), np.full(H, n), sys.D
-        if method == "bt":
+        (lam, B, C, D), counts = (sys.modes.copy(), sys.B.copy(), sys.C.copy(), sys.D.copy()), np.full(H, n)
+        if method in ("bt", "bsp"):
             hsv = hankel_singular_values(sys, horizon=h)
-            bound = np.zeros(H)
-    elif method == "bt" and rank is not None:
+    elif method in _BALANCED and rank is not None:
         slots = max(1, rank // 2)
-        (lam, B, C), counts, orders, hsv = _balanced_into_slots(sys, slots, h)
-        D = sys.D
-    elif method == "bt":
-        res = balanced_truncation(sys, energy=energy, horizon=h)
+        reduce = {"bt": lambda s_, o: balanced_truncation(s_, order=o, horizon=h),
+                  "bsp": lambda s_, o: balanced_singular_perturbation(s_, order=o),
+                  "h2": lambda s_, o: h2_optimal(s_, o)}[method]
+        (lam, B, C, D), counts, orders, first = _reduce_into_slots(sys, slots, reduce)
+        hsv = getattr(first, "hsv", None)
+        if method == "h2":
+            extra = {"h2_converged": float(np.mean(first.converged)), "h2_iterations_median": float(np.median(first.iterations))}
+    elif method in ("bt", "bsp"):
+        res = (balanced_truncation(sys, energy=energy, horizon=h) if method == "bt"
+               else balanced_singular_perturbation(sys, energy=energy))
         counts, orders, hsv = np.array(res.n_modes), np.array(res.order), res.hsv
         slots = max(1, int(counts.max()))
         lam, B, C = (np.zeros((H, slots), np.complex128) for _ in range(3))
-        _take_active(res.system, counts, slots, (lam, B, C), np.arange(H))
-        D = sys.D
+        D = sys.D.copy()
+        _take_active(res, np.arange(H), slots, (lam, B, C, D))
     else:
         if rank is None:
-            raise ValueError("modal truncation takes a rank (real order per channel), not an energy fraction.")
+            raise ValueError(f"method {method!r} takes a rank (real order per channel), not an energy fraction.")
         slots = max(1, rank // 2)
-        (lam, B, C), counts, orders = _modal_into_slots(sys, slots)
-        D = sys.D
-    if hsv is not None:
+        (lam, B, C, D), counts, orders = _modal_into_slots(sys, slots, _MODAL_SCORE[method])
+    if hsv is not None and method in ("bt", "bsp"):       # 2 * sum of the discarded Hankel singular values
         tail = np.cumsum(hsv[..., ::-1], -1)[..., ::-1]
         tail = np.concatenate([tail, np.zeros((H, 1))], -1)
-        bound = 2.0 * np.take_along_axis(tail, np.asarray(orders)[:, None], -1)[:, 0]
-
+        bound = 2.0 * np.take_along_axis(tail, np.minimum(np.asarray(orders), hsv.shape[-1])[:, None], -1)[:, 0]
     red = DiagonalSSM(lam, B, C, D, sys.dt, "discrete")
     used = np.arange(slots)[None, :] < np.asarray(counts)[:, None]
     moved = 0
@@ -279,8 +304,60 @@ def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="aut
     report = LayerReport(layer=index, method=method, state_dim_before=sys.order, state_dim_after=2 * slots,
                          orders=np.asarray(orders), hsv=hsv, error_bound=bound, hinf_error=hinf,
                          kernel_rel_error=kerr, horizon=h, refit=refit, stabilized=moved,
-                         free_slots=int(free.sum()))
+                         free_slots=int(free.sum()), extra=extra or {})
     return red, report
+
+
+def layer_values(layer, method: str = "bt", horizon="auto") -> np.ndarray:
+    """Value of each stored-mode slot of one layer, shape (n,), decreasing, summing to 1.
+
+    Balanced methods (bt, bsp, h2): per channel, the Hankel singular values taken in pairs
+    (one stored mode = real order 2) and divided by their sum; modal methods: the sorted
+    mode scores divided by their sum (LAST's layer normalisation).  Averaged over channels.
+    """
+    sys = layer_system(layer)
+    if method in _BALANCED:
+        hsv = hankel_singular_values(sys, horizon=resolve_horizon(horizon, layer, sys))
+        v = hsv[:, 0::2] + hsv[:, 1::2]
+    else:
+        sc = layer_mode_scores(sys, _MODAL_SCORE[method])
+        finite = np.isfinite(sc)
+        big = 10 * np.max(np.where(finite, sc, 0.0), axis=-1, keepdims=True) + 1.0
+        v = -np.sort(-np.where(finite, sc, big), axis=-1)
+    total = v.sum(-1, keepdims=True)
+    v = np.where(total > 0, v / np.where(total > 0, total, 1.0), 0.0)
+    return v.mean(0)
+
+
+def allocate_budget(values, budget: int) -> list[int]:
+    """Stored modes per layer for a total of exactly ``budget``: one global threshold on the layer values.
+
+    Every layer keeps at least one stored mode and at most its own; the remaining slots go,
+    one by one, to the layer whose next slot has the largest value (``layer_values``), which
+    for decreasing values is a single threshold over all layers.
+    """
+    sizes = [len(v) for v in values]
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not len(sizes) <= budget <= sum(sizes):
+        raise ValueError(f"budget must be an integer number of stored modes between {len(sizes)} (one per layer) "
+                         f"and {sum(sizes)} (all of them), got {budget!r}.")
+    slots = [1] * len(sizes)
+    cand = sorted(((float(v[k]), -i, k) for i, v in enumerate(values) for k in range(1, len(v))), reverse=True)
+    for _, neg_i, _ in cand[:budget - len(sizes)]:
+        slots[-neg_i] += 1
+    return slots
+
+
+def budget_ranks(model, budget, method: str = "bt", horizon="auto") -> list[int]:
+    """Real orders per layer (2 * stored modes) meeting ``budget``: an int (total stored modes per channel,
+    summed over layers) or a fraction in (0, 1) of the model's stored modes."""
+    layers = model.ssm_layers()
+    total = sum(layer.n_modes for layer in layers)
+    if isinstance(budget, float) and not isinstance(budget, bool):
+        if not 0 < budget < 1:
+            raise ValueError(f"a fractional budget must lie in (0, 1), got {budget!r}.")
+        budget = max(len(layers), int(round(budget * total)))
+    values = [layer_values(layer, method, horizon) for layer in layers]
+    return [2 * k for k in allocate_budget(values, budget)]
 
 
 def write_back(model, systems):
@@ -305,7 +382,7 @@ def write_back(model, systems):
 
 
 def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="auto", refit=None,
-                   kernel_length=None):
+                   kernel_length=None, budget=None):
     """Reduce every SSM layer of ``model`` and return ``(smaller_model, report)``.
 
     Parameters
@@ -331,6 +408,11 @@ def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="a
         impulse response (default ``DEFAULT_REFIT``).
     kernel_length : int, optional
         L for the refit and the error measure (default: ``l_max`` or 1024).
+    budget : int or float, optional
+        Instead of ``rank``/``energy``: the total number of stored modes per channel summed
+        over layers (int), or a fraction in (0, 1) of the model's; the per-layer sizes come
+        from one global threshold on layer-normalised Hankel singular values (balanced
+        methods) or mode scores (modal methods, as LAST), and meet the budget exactly.
 
     Returns
     -------
@@ -339,8 +421,11 @@ def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="a
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not available; choose one of {', '.join(METHODS)}.")
-    if (rank is None) == (energy is None):
-        raise ValueError(f"give exactly one of rank (real order) or energy (fraction), got rank={rank!r}, energy={energy!r}.")
+    if sum(v is not None for v in (rank, energy, budget)) != 1:
+        raise ValueError(f"give exactly one of rank (real order), energy (fraction) or budget (stored modes), "
+                         f"got rank={rank!r}, energy={energy!r}, budget={budget!r}.")
+    if budget is not None:
+        rank = budget_ranks(model, budget, method, horizon)
     layers = model.ssm_layers()
     ranks = _per_layer(rank, len(layers), "rank")
     energies = _per_layer(energy, len(layers), "energy")
@@ -355,11 +440,11 @@ def compress_model(model, method: str = "bt", rank=None, energy=None, horizon="a
         systems.append(red)
         reports.append(rep)
     small = write_back(model, systems)
-    return small, CompressionReport(method=method, rank=rank, energy=energy, layers=reports)
+    return small, CompressionReport(method=method, rank=rank, energy=energy, layers=reports, budget=budget)
 
 
 def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="auto", refit=None, data=None,
-                 evaluate_splits=("test",)) -> dict:
+                 evaluate_splits=("test",), budget=None) -> dict:
     """Compress the model of run folder ``src`` into a new run folder ``out``.
 
     ``out`` gets ``config.json`` (the smaller architecture, the source's data set,
@@ -378,12 +463,13 @@ def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder; choose another --out for the compressed run.")
     model, cfg = ckpt.load_model(src)
-    small, report = compress_model(model, method=method, rank=rank, energy=energy, horizon=horizon, refit=refit)
+    small, report = compress_model(model, method=method, rank=rank, energy=energy, horizon=horizon, refit=refit,
+                                   budget=budget)
     if data is None:
         dcfg = cfg.get("data", {})
         data = load_dataset(dcfg["spec"], **dcfg.get("options", {})) if dcfg.get("spec") else None
     refit = DEFAULT_REFIT if refit is None else bool(refit)
-    summary = {"compressed_from": str(src), "method": method, "rank": rank, "energy": energy,
+    summary = {"compressed_from": str(src), "method": method, "rank": rank, "energy": energy, "budget": budget,
                "horizon": horizon, "refit": refit, **small.parameter_counts(),
                "state_dims_before": model.state_dims, "state_dims": small.state_dims,
                "layers": [r.summary() for r in report.layers]}
@@ -399,7 +485,8 @@ def compress_run(src, out, rank=None, energy=None, method: str = "bt", horizon="
     new_cfg = {k: v for k, v in cfg.items() if k not in ("train", "model")}
     new_cfg["model"] = small.config
     new_cfg["compressed_from"] = str(src)
-    new_cfg["compression"] = {"method": method, "rank": rank, "energy": energy, "horizon": horizon, "refit": refit}
+    new_cfg["compression"] = {"method": method, "rank": rank, "energy": energy, "budget": budget, "horizon": horizon,
+                              "refit": refit}
     tmp = out.with_name("." + out.name + ".partial")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)

@@ -260,7 +260,7 @@ def paired_comparison(a, b) -> dict:
     sd = float(d.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     res["ci_low"], res["ci_high"] = res["mean_diff"] - half, res["mean_diff"] + half
-    if sd == 0:
+    if sd <= 1e-12 * max(1.0, abs(res["mean_diff"])):     # no spread: the t statistic is 0/0 or infinite
         res["t_p"] = 1.0 if res["mean_diff"] == 0 else 0.0
     else:
         res["t_p"] = float(stats.ttest_rel(a, b).pvalue)
