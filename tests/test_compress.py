@@ -202,5 +202,6 @@ def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):
 
 
 def test_cli_method_names_match_the_experiment():
-    from ssmcompress.cli import METHOD_NAMES
-    assert tuple(METHOD_NAMES) == tuple(exp_mod.METHODS)
+    from ssmcompress.cli import DEFAULT_METHODS, METHOD_NAMES
+    assert tuple(METHOD_NAMES) == tuple(exp_mod.ALL_METHODS)
+    assert tuple(DEFAULT_METHODS) == tuple(exp_mod.METHODS)

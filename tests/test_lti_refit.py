@@ -38,7 +38,7 @@ def test_refit_recovers_an_exactly_representable_response(seed, n, L, fit_D):
     true = _random_discrete(rng, 2, n)
     wrong = DiagonalSSM(true.modes, true.B, rng.standard_normal((2, n)) + 0j, true.D if not fit_D else 0.0,
                         0.01, "discrete")
-    fitted = refit_output(wrong, impulse_response(true, L), fit_D=fit_D)
+    fitted = refit_output(wrong, impulse_response(true, L), fit_D=fit_D, ridge=0.0)
     if L >= 2 * n + 1:
         np.testing.assert_allclose(impulse_response(fitted, L), impulse_response(true, L), rtol=0,
                                    atol=1e-8 * np.abs(impulse_response(true, L)).max())
@@ -49,9 +49,11 @@ def test_refit_is_never_worse_and_matches_numpy_lstsq():
     big = _random_discrete(rng, 5, 12)
     small = _random_discrete(rng, 5, 3)
     target = impulse_response(big, 150)
-    fitted = refit_output(small, target)
+    fitted = refit_output(small, target, ridge=0.0)
     err = lambda s: np.linalg.norm(impulse_response(s, 150) - target, axis=-1)
     assert np.all(err(fitted) <= err(small) + 1e-12)
+    ridged = refit_output(small, target)                 # the default ridge: never worse, close to the optimum
+    assert np.all(err(ridged) <= err(small) + 1e-12) and np.all(err(ridged) <= 1.05 * err(fitted) + 1e-12)
     for h in range(5):           # per channel: the same optimum as a dense least-squares solve
         w = small.B[h] * small.modes[h][None, :] ** np.arange(150)[:, None]
         Phi = np.concatenate([2 * w.real, -2 * w.imag, (np.arange(150) == 0)[:, None] * 1.0], 1)
@@ -86,8 +88,27 @@ def test_refit_and_stabilize_reject_bad_input():
         refit_output(sys, np.zeros((3, 10)))
     with pytest.raises(ValueError, match="non-finite"):
         refit_output(sys, np.full((2, 10), np.nan))
+    with pytest.raises(ValueError, match="ridge"):
+        refit_output(sys, np.zeros((2, 10)), ridge=-1.0)
     with pytest.raises(ValueError, match="radius"):
         stabilize_modes(sys, 1.0)
     cont = DiagonalSSM(-np.ones((1, 2)), 1.0, 1.0)
     with pytest.raises(ValueError, match="discrete"):
         refit_output(cont, np.zeros((1, 5)))
+
+
+def test_the_ridge_keeps_coefficients_bounded_on_nearly_collinear_modes():
+    """Modes 1e-7 apart make plain least squares trade a tiny gain for enormous, cancelling C."""
+    rng = np.random.default_rng(4)
+    base = 0.97 * np.exp(1j * np.array([0.3, 0.3 + 1e-7, 0.9, 0.9 + 2e-7]))
+    sys = DiagonalSSM(base[None, :], 1.0, np.array([[0.5, 0.5, 0.2, 0.2]]) + 0j, 0.0, 0.1, "discrete")
+    target = impulse_response(_random_discrete(rng, 1, 6), 80)
+    plain = refit_output(sys, target, ridge=0.0, rcond=1e-14)
+    ridged = refit_output(sys, target)
+    err = lambda s: np.linalg.norm(impulse_response(s, 80) - target)
+    assert np.abs(plain.C).max() > 1e4
+    assert np.abs(ridged.C).max() < 100 * np.abs(target).max()
+    assert err(ridged) <= err(sys) + 1e-12
+    # float32 storage of the ridged C changes the response at rounding level only
+    c32 = DiagonalSSM(sys.modes, 1.0, ridged.C.astype(np.complex64), ridged.D, 0.1, "discrete")
+    assert np.abs(impulse_response(c32, 80) - impulse_response(ridged, 80)).max() < 1e-5 * np.abs(target).max()

@@ -15,7 +15,8 @@ EXIT_USAGE = 2
 
 KERNELS = ("s4d", "bilinear", "dss-exp", "dss-softmax")
 METHOD_NAMES = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin", "legs-budget", "warmstart",
-                "original-continued")
+                "original-continued", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain")
+DEFAULT_METHODS = METHOD_NAMES[:9]
 INITS = ("legs", "lin", "inv", "real", "random")
 
 
@@ -458,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of seeds (5 = seeds 0..4) or a comma-separated list (default 5)")
     x.add_argument("--main-epochs", type=_positive_int, default=None,
                    help="epoch cap of main training and baselines (default: --epochs)")
-    x.add_argument("--methods", type=_name_list(METHOD_NAMES, "methods"), default=list(METHOD_NAMES),
-                   metavar="m1,m2,...", help=f"methods to run (default all: {','.join(METHOD_NAMES)})")
+    x.add_argument("--methods", type=_name_list(METHOD_NAMES, "methods"), default=list(DEFAULT_METHODS),
+                   metavar="m1,m2,...", help=f"methods to run (default: {','.join(DEFAULT_METHODS)}; "
+                                            f"also {','.join(METHOD_NAMES[9:])})")
     x.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
                    help="Gramians of the reductions (default auto = infinite)")
     x.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,

@@ -38,10 +38,14 @@ from .train import TrainConfig, train
 
 BASELINES = ("legs", "lin")
 RANKED_METHODS = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin", "legs-budget", "warmstart")
+#: the default set: the paper's method and every control of issue 8
 METHODS = RANKED_METHODS + ("original-continued",)
+#: further reductions (``compress.METHODS``), each with and without main training; chosen with --methods
+EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain")
+ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
-_COMPRESSED = {"bt": "bt", "bt-noretrain": "bt", "modal": "modal", "modal-noretrain": "modal"}
+_COMPRESSED = {m: m.replace("-noretrain", "") for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS}
 LABELS = {
     "original": "original (N, pre-trained)",
     "original-continued": "original, trained on (N)",
@@ -53,6 +57,12 @@ LABELS = {
     "lin": "S4D-Lin",
     "legs-budget": "Skew-HiPPO, equal total budget",
     "warmstart": "warm start (pre-trained non-SSM weights)",
+    "bsp": "BSP + main training",
+    "bsp-noretrain": "BSP, no retraining",
+    "h2": "H2 (IRKA) + main training",
+    "h2-noretrain": "H2 (IRKA), no retraining",
+    "modal-hinf": "modal (H-inf) + main training",
+    "modal-hinf-noretrain": "modal (H-inf), no retraining",
 }
 
 
@@ -97,8 +107,8 @@ class ExperimentConfig:
         if not self.methods:
             raise ValueError(f"methods is empty; choose from {', '.join(METHODS)}.")
         for m in self.methods:
-            if m not in METHODS:
-                raise ValueError(f"method {m!r} is unknown; choose from {', '.join(METHODS)}.")
+            if m not in ALL_METHODS:
+                raise ValueError(f"method {m!r} is unknown; choose from {', '.join(ALL_METHODS)}.")
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -112,7 +122,7 @@ def _job_list(cfg: ExperimentConfig) -> list[tuple]:
             if "original-continued" in cfg.methods:
                 jobs.append((k, s, "original-continued", None))
             for r in cfg.ranks:
-                for m in RANKED_METHODS:
+                for m in RANKED_METHODS + EXTRA_METHODS:
                     if m in cfg.methods or (m in ("bt-noretrain", "modal-noretrain") and
                                             m.replace("-noretrain", "") in cfg.methods):
                         jobs.append((k, s, m, r))
@@ -297,7 +307,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                       "state_dims": rs[0]["state_dims"],
                       "rising": f"{sum(rising)}/{len(rising)}" if rising else "n/a",
                       "epochs_mean": float(np.mean([r["epochs"] for r in rs])) if rs[0].get("epochs") else None})
-    order = {m: i for i, m in enumerate(("original", "original-continued") + RANKED_METHODS)}
+    order = {m: i for i, m in enumerate(("original", "original-continued") + RANKED_METHODS + EXTRA_METHODS)}
     table.sort(key=lambda t: (t["kernel"], -t["state_dim"], order.get(t["method"], 99)))
     return table
 

@@ -61,11 +61,18 @@ def stabilize_modes(sys, radius=1.0 - 1e-6):
     return DiagonalSSM(lam, sys.B, sys.C, sys.D, sys.dt, "discrete"), out.sum(-1)
 
 
-def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10):
+def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10, ridge=1e-3):
     """Least-squares output vector C (and D) of a discrete diagonal system over L taps.
 
-    Minimises ``||h - target||_2`` over ``Re C, Im C`` of the active modes (and D),
-    where ``h`` is the length-L impulse response including ``D`` at lag 0.
+    Minimises ``||h - target||_2^2 + (ridge * s_max)^2 ||z - z_0||^2`` over ``Re C, Im C``
+    of the active modes (and D), where ``h`` is the length-L impulse response including
+    ``D`` at lag 0, ``z`` the coefficients in column-scaled coordinates, ``z_0`` those of
+    the system's own C (and D) and ``s_max`` the largest singular value of the scaled
+    design matrix.  The ridge toward the given C keeps the fit from trading accuracy for
+    huge, cancelling coefficients (nearly collinear modes give a design matrix with
+    condition numbers of 1e10 and more; float32 layers cannot carry such C), and the
+    result is never worse than the given C: ``||h - target||`` does not increase.
+    ``ridge=0`` gives the plain minimum-norm least-squares solution.
 
     Parameters
     ----------
@@ -78,6 +85,8 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10):
         Modes that may carry output; the others get ``C = 0`` (default: ``C * B != 0``).
     rcond : float
         Relative cut-off of the singular values of the column-scaled design matrix.
+    ridge : float
+        Relative Tikhonov weight toward the given C and D (0 = plain least squares).
 
     Returns
     -------
@@ -93,6 +102,8 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10):
         raise ValueError("target contains non-finite values.")
     if isinstance(rcond, bool) or not isinstance(rcond, numbers.Real) or not 0 < rcond < 1:
         raise ValueError(f"rcond must be a number in (0, 1), got {rcond!r}.")
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not 0 <= ridge < 1:
+        raise ValueError(f"ridge must be a number in [0, 1), got {ridge!r}.")
     L = target.shape[-1]
     B = np.broadcast_to(sys.B, batch + (n,))
     if active is None:
@@ -109,6 +120,7 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10):
     y = target.reshape(flat, L).copy()
     if not fit_D:
         y[:, 0] -= D.reshape(flat)
+    C0 = np.broadcast_to(sys.C, batch + (n,)).reshape(flat, n)
     Cnew = np.zeros((flat, n), np.complex128)
     Dnew = D.reshape(flat).copy()
     # chunks keep the (chunk, L, 2n + 1) design matrix near 32 MB
@@ -131,7 +143,19 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10):
         dead = scale <= 1e-12 * scale.max(-1, keepdims=True)
         Phi = np.where(dead, 0.0, Phi)
         scale = np.where(dead | (scale == 0), 1.0, scale)
-        coef = (np.linalg.pinv(Phi / scale, rcond=rcond) @ y[sl, :, None])[..., 0] / scale[:, 0, :]
+        Phis = Phi / scale
+        z0 = np.concatenate([C0[sl].real, C0[sl].imag] + ([Dnew[sl, None]] if fit_D else []), -1) * scale[:, 0, :]
+        z0 = np.where(dead[:, 0, :], 0.0, z0)
+        U, S, Vh = np.linalg.svd(Phis, full_matrices=False)                 # (c, L, p), (c, p), (c, p, p)
+        smax = S[:, :1]
+        alpha = (ridge * smax) ** 2
+        keep = S > rcond * smax
+        gain = np.where(keep, S / np.where(keep, S * S + alpha, 1.0), 0.0)
+        resid = y[sl] - (Phis @ z0[..., None])[..., 0]
+        dz = (Vh.swapaxes(-1, -2) @ (gain * (U.swapaxes(-1, -2) @ resid[..., None])[..., 0])[..., None])[..., 0]
+        # ridge = 0: minimum-norm least squares (the step from z0 removes the part of z0 in the null space too)
+        z = z0 + dz if ridge > 0 else (Vh.swapaxes(-1, -2) @ (gain * (U.swapaxes(-1, -2) @ y[sl, :, None])[..., 0])[..., None])[..., 0]
+        coef = z / scale[:, 0, :]
         Cnew[sl] = np.where(act[sl], coef[:, :n] + 1j * coef[:, n:2 * n], 0.0)
         if fit_D:
             Dnew[sl] = coef[:, 2 * n]
