@@ -12,8 +12,11 @@ the C build is single-threaded):
                   C: 32 state structs stepped one after the other)
   weight bytes, SSM weight bytes, state bytes per stream (float32; the state includes the mean-pooling sum)
 
-and the ratios compressed/full of the whole step and of the SSM part.  The C build uses the
-export's flags (-std=c99 -O2); ``--c-flags`` adds a second C column (default -O3 -march=native).
+and the ratios compressed/full of the whole step and of the SSM part.  Last, a model of the same size
+trained on the built-in digits data (``--int8-epochs``): test accuracy of eager torch, the C build and
+the C build with int8 Linear weights, full and compressed.  The C build uses the
+export's flags (-std=c99 -O2); ``--c-flags`` adds a second C column (default -O3 -march=native); the C
+build with int8 Linear weights uses -std=c99 -O3.
 """
 from __future__ import annotations
 
@@ -30,8 +33,12 @@ import torch
 
 from ssmcompress.compress import compress_model
 from ssmcompress.export import StepWeights, TorchStreamer
-from ssmcompress.export.c_export import C_FLAGS, compile_driver, find_c_compiler, write_c
+from ssmcompress.export.c_export import C_FLAGS, CStreamer, c_weight_bytes, compile_driver, find_c_compiler, write_c
 from ssmcompress.nn import SequenceModel
+
+
+# -O3: GCC vectorises the int8-to-float conversion of the int8 Linear weights only with its full cost model
+INT8_FLAGS = ("-std=c99", "-O3")
 
 
 def best_of(repeats, fn):
@@ -131,6 +138,8 @@ def main():
     p.add_argument("--c-steps", type=int, default=20000, help="timed tokens per C run at batch 1 (a tenth at batch 32)")
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     p.add_argument("--c-flags", default="-O3 -march=native", help="flags of the second C build ('' to skip)")
+    p.add_argument("--int8-epochs", type=int, default=6,
+                   help="epochs of the digits model whose accuracy with int8 weights is reported (0 to skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -165,6 +174,10 @@ def main():
                 exe = compile_driver(folder, "net", flags=C_FLAGS)
                 row["c"] = c_times(exe, args.c_steps, args.repeats, 1)
                 row["c32"] = c_times(exe, max(args.c_steps // 10, 100), args.repeats, 32)[0]
+                write_c(w, Path(str(folder) + "_q8"), "net", int8=True)
+                row["c_int8"] = c_times(compile_driver(Path(str(folder) + "_q8"), "net", flags=INT8_FLAGS),
+                                        args.c_steps, args.repeats, 1)
+                row["int8_bytes"] = c_weight_bytes(w, int8=True)
                 if args.c_flags.strip():
                     exe2 = compile_driver(folder, "net", flags=("-std=c99", *args.c_flags.split()))
                     row["c_fast"] = c_times(exe2, args.c_steps, args.repeats, 1)
@@ -173,7 +186,8 @@ def main():
 
     backends = [("torch", "eager torch")] + ([("ort", "onnxruntime")] if have_ort else []) + \
                ([("c", f"C {' '.join(C_FLAGS[1:])}")] if cc else []) + \
-               ([("c_fast", f"C {args.c_flags}")] if cc and args.c_flags.strip() else [])
+               ([("c_fast", f"C {args.c_flags}")] if cc and args.c_flags.strip() else []) + \
+               ([("c_int8", f"C int8 {' '.join(INT8_FLAGS[1:])}")] if cc else [])
     batched = [(k, name) for k, name in backends if k + "32" in rows[0]]
     CPU, WALL = 0, 1
     print(f"\nthis thread's CPU time (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
@@ -195,12 +209,52 @@ def main():
         print(f"  {r['label']}: " + ", ".join(
             f"{name} {r[k][0][CPU] / rows[0][k][0][CPU]:.2f} ({r[k][1][CPU] / rows[0][k][1][CPU]:.2f})"
             for k, name in backends) + f"; state bytes {r['state_bytes'] / rows[0]['state_bytes']:.2f}")
+    if cc:
+        print("int8 Linear weights, C weight bytes: " + ", ".join(
+            f"{r['label']} {r['int8_bytes']} (float32 {r['weight_bytes']})" for r in rows))
     last = rows[-1]
     for key, name, target in (("c", f"C step ({' '.join(C_FLAGS)})", 20), ("ort", "onnxruntime step", 200)):
         if key in last:
             cpu, wall = last[key][0]
             print(f"target {name} <= {target} us/token at {last['label']}: {cpu:.1f} us CPU, {wall:.1f} us wall "
                   f"({'met' if cpu <= target else 'NOT met'} in CPU time, {'met' if wall <= target else 'NOT met'} on the wall clock)")
+    if cc and args.int8_epochs > 0:
+        int8_accuracy(args)
+
+
+def int8_accuracy(args):
+    """Test accuracy on the built-in digits data: eager torch, C float32 and C int8, full and compressed to the last rank."""
+    from ssmcompress import checkpoint as ckpt
+    from ssmcompress.data import load_dataset
+    from ssmcompress.train import TrainConfig, train
+
+    data = load_dataset("digits")
+    x, y, _ = data.split("test")
+    torch.manual_seed(0)
+    model = SequenceModel(1, data.n_classes, d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
+                          kernel="s4d", l_max=data.seq_len)
+    rank = int(args.ranks.split(",")[-1])
+    print(f"\nint8 accuracy: digits, the model above trained for {args.int8_epochs} epochs (seed 0), "
+          f"test set of {len(y)}; compressed to r={rank} without retraining")
+    with tempfile.TemporaryDirectory() as work:
+        train(model, data, TrainConfig(epochs=args.int8_epochs, batch_size=64, seed=0, device="cpu"),
+              Path(work) / "run", progress=False)
+        model, _ = ckpt.load_model(Path(work) / "run")
+        small = compress_model(model.eval(), rank=rank)[0].eval()
+        xs = np.ascontiguousarray(np.swapaxes(np.asarray(x, np.float32), 0, 1))  # (length, batch, 1)
+        for label, m in (("full", model), (f"r={rank}", small)):
+            with torch.no_grad():
+                eager = m(torch.as_tensor(x, dtype=torch.float32)).numpy()
+            line = [f"  {label}: eager torch {np.mean(eager.argmax(1) == y):.4f}"]
+            for int8 in (False, True):
+                folder = Path(work) / f"{label.replace('=', '')}_{int(int8)}"
+                write_c(m, folder, "net", int8=int8)
+                out, _ = CStreamer(compile_driver(folder, "net"), data.n_classes).run(xs)
+                logits = out[-1]
+                dev = np.abs(logits - eager).max() / np.abs(eager).max()
+                line.append(f"C {'int8' if int8 else 'float32'} {np.mean(logits.argmax(1) == y):.4f} "
+                            f"(logits off by {dev:.2g} of the largest)")
+            print(", ".join(line))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ def test_export_onnx_and_c_files(run, tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "csrc").iterdir()) == ["kws.c", "kws.h", "kws_driver.c"]
     assert "cc -std=c99" in out
+    code, out, err = run_cli(capsys, "export", folder, "--format", "c", "--out", tmp_path / "q8", "--int8", "--json")
+    assert code == 0, err
+    assert json.loads(out)["weight_bytes"] < info["weight_bytes"]
+    assert "signed char" in (tmp_path / "q8" / "ssm_model.c").read_text()
 
 
 def one_sentence_error(code, out, err):
@@ -114,6 +118,8 @@ def test_bad_inputs_exit_2_with_one_sentence(run, tmp_path, capsys):
     assert "config.json" in err
     err = one_sentence_error(*run_cli(capsys, "export", folder, "--format", "tflite", "--out", tmp_path / "x"))
     assert "invalid choice" in err
+    err = one_sentence_error(*run_cli(capsys, "export", folder, "--format", "onnx", "--out", tmp_path / "x", "--int8"))
+    assert "--format c only" in err
     (tmp_path / "afile").write_text("x")
     err = one_sentence_error(*run_cli(capsys, "export", folder, "--format", "c", "--out", tmp_path / "afile"))
     assert "file" in err

@@ -429,8 +429,11 @@ def _load_eval_model(run: str):
 def cmd_export(args) -> int:
     from .export import StepWeights
 
+    if args.int8 and args.format != "c":
+        raise UserError("--int8 applies to --format c only; the ONNX graph keeps float32 weights.")
     model = _load_eval_model(args.run)
     weights = StepWeights.from_model(model)
+    weight_bytes = 4 * weights.weight_count()
     out = Path(args.out)
     try:
         if args.format == "onnx":
@@ -443,12 +446,13 @@ def cmd_export(args) -> int:
                 raise UserError(str(exc)) from None
             written = [out]
         else:
-            from .export.c_export import write_c
-            written = list(write_c(weights, out, args.name).values())
+            from .export.c_export import c_weight_bytes, write_c
+            written = list(write_c(weights, out, args.name, int8=args.int8).values())
+            weight_bytes = c_weight_bytes(weights, int8=args.int8)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror or exc}); choose a writable --out.") from None
     info = {"format": args.format, "files": [str(p) for p in written], "state_dims": weights.state_dims,
-            "weight_bytes": 4 * weights.weight_count(), "state_bytes_per_stream": 4 * weights.state_count()}
+            "weight_bytes": weight_bytes, "state_bytes_per_stream": 4 * weights.state_count()}
     if args.json:
         _print_json(info)
     else:
@@ -512,6 +516,8 @@ def _add_export_parsers(sub) -> None:
     ex.add_argument("--format", choices=("onnx", "c"), required=True, help="onnx (one file) or c (a folder of sources)")
     ex.add_argument("--out", required=True, metavar="FILE|DIR", help="the .onnx file, or the folder of the C sources")
     ex.add_argument("--name", default="ssm_model", help="C: file and symbol prefix (default ssm_model)")
+    ex.add_argument("--int8", action="store_true",
+                    help="C: store the Linear weights as int8 with a float scale per output (SSM and norms stay float32)")
     ex.add_argument("--json", action="store_true", help="print one JSON object (files, weight and state bytes)")
     ex.set_defaults(func=cmd_export)
 

@@ -23,6 +23,7 @@ pooling is part of the state.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -33,9 +34,10 @@ import numpy as np
 
 from .realstep import NormWeights, StepWeights
 
-__all__ = ["write_c", "c_sources", "find_c_compiler", "compile_driver", "CStreamer", "CStepProcess", "C_FLAGS"]
+__all__ = ["write_c", "c_sources", "quantize_int8", "dequantized_int8", "c_weight_bytes", "find_c_compiler", "compile_driver", "CStreamer", "CStepProcess", "C_FLAGS"]
 
 C_FLAGS = ("-std=c99", "-O2")
+C_MAX_BATCH = 256  # streams one driver process holds
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -53,6 +55,94 @@ def _array(name: str, values, comment: str = "") -> str:
     text = ",\n".join("    " + ",".join(items[i:i + 8]) for i in range(0, len(items), 8))
     note = f" /* {comment} */" if comment else ""
     return f"static const float {name}[{values.size}] = {{{note}\n{text}\n}};\n"
+
+
+def quantize_int8(weight):
+    """Symmetric per-output-row int8 quantisation of a Linear weight (out, in): ``weight ~ q * scale[:, None]``.
+
+    Returns ``q`` int8 (out, in) in [-127, 127] and ``scale`` float32 (out,) (1 for an all-zero row).
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.ndim != 2 or not np.isfinite(weight).all():
+        raise ValueError(f"quantize_int8 expects a finite 2-D weight (out, in), got shape {weight.shape}.")
+    top = np.abs(weight).max(axis=1)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantized_int8(weights: StepWeights) -> StepWeights:
+    """A copy of ``weights`` whose Linear weights (encoder, GLU, decoder) are their int8 round trip ``q * scale``.
+
+    The C export with ``int8=True`` computes exactly this model (up to float32 rounding).
+    """
+    def round_trip(w):
+        q, scale = quantize_int8(w)
+        return (q.astype(np.float32) * scale[:, None]).astype(np.float32)
+
+    blocks = [dataclasses.replace(b, linear_weight=round_trip(b.linear_weight)) for b in weights.blocks]
+    enc = weights.encoder_weight if weights.vocab_size is not None else round_trip(weights.encoder_weight)
+    return dataclasses.replace(weights, blocks=blocks, encoder_weight=enc, decoder_weight=round_trip(weights.decoder_weight))
+
+
+def c_weight_bytes(weights: StepWeights, int8: bool = False) -> int:
+    """Bytes of the weight arrays of the C export (int8: one byte per Linear weight plus a float scale per output)."""
+    total = 4 * weights.weight_count()
+    if int8:
+        linears = [b.linear_weight for b in weights.blocks] + [weights.decoder_weight]
+        linears += [] if weights.vocab_size is not None else [weights.encoder_weight]
+        total -= sum(3 * w.size - 4 * w.shape[0] for w in linears)
+    return total
+
+
+def _linear_arrays(prefix: str, weight, bias, int8: bool) -> str:
+    n_out, n_in = weight.shape
+    if not int8:
+        return (_array(f"{prefix}_wt", weight.T, f"({n_in}, {n_out}) transposed Linear weight")
+                + _array(f"{prefix}_b", bias))
+    q, scale = quantize_int8(weight)
+    rows = ",\n".join("    " + ",".join(str(int(v)) for v in q.T.ravel()[i:i + 16]) for i in range(0, q.size, 16))
+    return (f"static const signed char {prefix}_q[{q.size}] = {{ /* ({n_in}, {n_out}) transposed int8 Linear weight */\n"
+            f"{rows}\n}};\n" + _array(f"{prefix}_scale", scale, "per output") + _array(f"{prefix}_b", bias))
+
+
+def _linear_call(prefix: str, x: str, y: str, n_in: int, n_out: int, int8: bool) -> str:
+    if int8:
+        return f"    linear_q8({prefix}_q, {prefix}_scale, {prefix}_b, {x}, {y}, {n_in}, {n_out});\n"
+    return f"    linear({prefix}_wt, {prefix}_b, {x}, {y}, {n_in}, {n_out});\n"
+
+
+_LINEAR_C = """/* y = W x + b with wt = W transposed (n_in, n_out): the inner loop runs over outputs and vectorises. */
+static void linear(const float *restrict wt, const float *restrict b, const float *restrict x, float *restrict y,
+                   int n_in, int n_out)
+{
+    int i, o;
+    for (o = 0; o < n_out; ++o) y[o] = b[o];
+    for (i = 0; i < n_in; ++i) {
+        const float xi = x[i];
+        const float *restrict w = wt + (size_t)i * n_out;
+        for (o = 0; o < n_out; ++o) y[o] += w[o] * xi;
+    }
+}
+
+"""
+
+_LINEAR_Q8_C = """/* y = scale * (Q x) + b with int8 Q transposed (n_in, n_out) and one float scale per output.
+ * Build with -O3 (GCC): at -O2 the int8-to-float conversion is not vectorised and this is 2-3x slower. */
+static void linear_q8(const signed char *restrict qt, const float *restrict scale, const float *restrict b,
+                      const float *restrict x, float *restrict y, int n_in, int n_out)
+{
+    int i, o;
+    for (o = 0; o < n_out; ++o) y[o] = 0.0f;
+    for (i = 0; i < n_in; ++i) {
+        const float xi = x[i];
+        const signed char *restrict q = qt + (size_t)i * n_out;
+        for (o = 0; o < n_out; ++o) y[o] += (float)q[o] * xi;
+    }
+    for (o = 0; o < n_out; ++o) y[o] = y[o] * scale[o] + b[o];
+}
+
+"""
 
 
 def _norm_code(prefix: str, norm: NormWeights, x: str, H: int) -> str:
@@ -86,8 +176,12 @@ _AFFINE_C = """static void affine(const float *scale, const float *shift, float 
 """
 
 
-def c_sources(weights: StepWeights, name: str = "ssm_model") -> dict:
-    """The generated files as ``{filename: text}`` (header, source, driver)."""
+def c_sources(weights: StepWeights, name: str = "ssm_model", int8: bool = False) -> dict:
+    """The generated files as ``{filename: text}`` (header, source, driver).
+
+    ``int8=True`` stores the Linear weights (encoder, GLU, decoder) as int8 with one float scale per
+    output (:func:`quantize_int8`); the SSM, norms and biases stay float32.
+    """
     if not isinstance(weights, StepWeights):
         raise ValueError(f"c_sources expects StepWeights, got {type(weights).__name__}.")
     name = _check_name(name)
@@ -121,7 +215,8 @@ def c_sources(weights: StepWeights, name: str = "ssm_model") -> dict:
 #define {N}_VOCAB_SIZE {weights.vocab_size or 0}
 #define {N}_TOKENS {int(tokens)}
 #define {N}_STATE_FLOATS {weights.state_count()}
-#define {N}_WEIGHT_FLOATS {weights.weight_count()}
+#define {N}_WEIGHT_BYTES {c_weight_bytes(weights, int8)}
+#define {N}_INT8_WEIGHTS {int(int8)} /* 1: Linear weights stored as int8 with a float scale per output */
 
 typedef struct {{
 {chr(10).join(fields)}
@@ -140,21 +235,18 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL]);
     if tokens:
         arrays.append(_array("encoder_table", weights.encoder_weight, f"({weights.vocab_size}, {H}) embedding"))
     else:
-        arrays.append(_array("encoder_wt", weights.encoder_weight.T, f"({weights.d_input}, {H}) transposed Linear weight"))
-        arrays.append(_array("encoder_b", weights.encoder_bias))
+        arrays.append(_linear_arrays("encoder", weights.encoder_weight, weights.encoder_bias, int8))
     for i, b in enumerate(weights.blocks):
         for k in ("lam_re", "lam_im", "B_re", "B_im", "C_re", "C_im"):
             arrays.append(_array(f"ssm{i}_{k}", getattr(b, k).T, f"({b.n_modes}, {H}) mode-major"))
         arrays.append(_array(f"ssm{i}_D", b.D))
-        arrays.append(_array(f"glu{i}_wt", b.linear_weight.T, f"({H}, {2 * H}) transposed Linear weight"))
-        arrays.append(_array(f"glu{i}_b", b.linear_bias))
+        arrays.append(_linear_arrays(f"glu{i}", b.linear_weight, b.linear_bias, int8))
         arrays.append(_array(f"norm{i}_scale", b.norm.scale, f"{b.norm.kind} norm"))
         arrays.append(_array(f"norm{i}_shift", b.norm.shift))
     if weights.final_norm is not None:
         arrays.append(_array("final_norm_scale", weights.final_norm.scale, f"{weights.final_norm.kind} norm"))
         arrays.append(_array("final_norm_shift", weights.final_norm.shift))
-    arrays.append(_array("decoder_wt", weights.decoder_weight.T, f"({H}, {weights.d_output}) transposed Linear weight"))
-    arrays.append(_array("decoder_b", weights.decoder_bias))
+    arrays.append(_linear_arrays("decoder", weights.decoder_weight, weights.decoder_bias, int8))
 
     # ------------------------------------------------------------------ step
     ssm_calls = "".join(
@@ -166,7 +258,7 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL]);
         body.append(f"    if (token < 0 || token >= {weights.vocab_size}) return -1;\n"
                     f"    memcpy(h, encoder_table + (size_t)token * {H}, sizeof(h));\n")
     else:
-        body.append(f"    linear(encoder_wt, encoder_b, x, h, {weights.d_input}, {H});\n")
+        body.append(_linear_call("encoder", "x", "h", weights.d_input, H, int8))
     for i, b in enumerate(weights.blocks):
         body.append(f"    /* block {i} */\n")
         if weights.prenorm:
@@ -176,7 +268,7 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL]);
             src = "h"
         body.append("".join(ssm_lines[2 * i:2 * i + 2]).replace("{u}", src).replace("{y}", "y_ssm"))
         body.append(f"    for (h_i = 0; h_i < {H}; ++h_i) y_ssm[h_i] = gelu(y_ssm[h_i]);\n"
-                    f"    linear(glu{i}_wt, glu{i}_b, y_ssm, g, {H}, {2 * H});\n"
+                    + _linear_call(f"glu{i}", "y_ssm", "g", H, 2 * H, int8) +
                     f"    for (h_i = 0; h_i < {H}; ++h_i) h[h_i] += g[h_i] * sigmoid(g[{H} + h_i]);\n")
         if not weights.prenorm:
             body.append(_norm_code(f"norm{i}", b.norm, "h", H))
@@ -186,7 +278,7 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL]);
         body.append(f"    s->pool_count += 1;\n"
                     f"    {{ const float count = (float)s->pool_count;\n"
                     f"      for (h_i = 0; h_i < {H}; ++h_i) {{ s->pool_sum[h_i] += h[h_i]; h[h_i] = s->pool_sum[h_i] / count; }} }}\n")
-    body.append(f"    linear(decoder_wt, decoder_b, h, y, {H}, {weights.d_output});\n    return 0;\n")
+    body.append(_linear_call("decoder", "h", "y", H, weights.d_output, int8) + "    return 0;\n")
     ssm_part = "".join(
         "".join(ssm_lines[2 * i:2 * i + 2]).replace("{u}", "h").replace("{y}", "y_ssm")
         + f"    memcpy(h, y_ssm, sizeof(y_ssm));\n" for i in range(L))
@@ -198,20 +290,7 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL]);
 #include "{name}.h"
 
 {"".join(arrays)}
-/* y = W x + b with wt = W transposed (n_in, n_out): the inner loop runs over outputs and vectorises. */
-static void linear(const float *restrict wt, const float *restrict b, const float *restrict x, float *restrict y,
-                   int n_in, int n_out)
-{{
-    int i, o;
-    for (o = 0; o < n_out; ++o) y[o] = b[o];
-    for (i = 0; i < n_in; ++i) {{
-        const float xi = x[i];
-        const float *restrict w = wt + (size_t)i * n_out;
-        for (o = 0; o < n_out; ++o) y[o] += w[o] * xi;
-    }}
-}}
-
-/* One step of a diagonal SSM layer in real arithmetic; arrays (n, H) mode-major.
+{{linear_helper}}/* One step of a diagonal SSM layer in real arithmetic; arrays (n, H) mode-major.
  * x' = lam x + B u (complex, as real and imaginary parts),  y = 2 sum_modes Re(C x') + D u. */
 static void ssm(const float *restrict lr, const float *restrict li, const float *restrict br, const float *restrict bi,
                 const float *restrict cr, const float *restrict ci, const float *restrict d,
@@ -256,7 +335,7 @@ void {name}_ssm_part({name}_state *s, float h[{N}_D_MODEL])
 """
     kinds = {b.norm.kind for b in weights.blocks} | ({weights.final_norm.kind} if weights.final_norm else set())
     norm_helpers = (_LAYER_NORM_C if "layer" in kinds else "") + (_AFFINE_C if "batch" in kinds else "")
-    source = source.replace("{norm_helpers}", norm_helpers)
+    source = source.replace("{norm_helpers}", norm_helpers).replace("{linear_helper}", _LINEAR_Q8_C if int8 else _LINEAR_C)
     return {f"{name}.h": header, f"{name}.c": source, f"{name}_driver.c": _driver(weights, name)}
 
 
@@ -276,7 +355,7 @@ def _driver(weights: StepWeights, name: str) -> str:
 #include <time.h>
 #include "{name}.h"
 
-#define MAX_BATCH 256
+#define MAX_BATCH {C_MAX_BATCH}
 static {name}_state states[MAX_BATCH];
 
 static double clock_seconds(clockid_t which)
@@ -367,13 +446,13 @@ int main(int argc, char **argv)
 """
 
 
-def write_c(model, out_dir, name: str = "ssm_model") -> dict:
+def write_c(model, out_dir, name: str = "ssm_model", int8: bool = False) -> dict:
     """Write ``NAME.h``, ``NAME.c`` and ``NAME_driver.c`` for a ``SequenceModel`` (or :class:`StepWeights`) into ``out_dir``.
 
     Returns ``{filename: Path}``.
     """
     weights = model if isinstance(model, StepWeights) else StepWeights.from_model(model)
-    files = c_sources(weights, name)
+    files = c_sources(weights, name, int8=int8)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; the C export writes a folder, give a folder path.")
@@ -426,6 +505,10 @@ class CStreamer:
         if xs.ndim < 2:
             raise ValueError(f"CStreamer.run expects inputs (length, batch[, features]), got shape {xs.shape}.")
         length, batch = xs.shape[:2]
+        if batch > C_MAX_BATCH:  # one driver process per chunk of streams
+            parts = [self.run(xs[:, i:i + C_MAX_BATCH]) for i in range(0, batch, C_MAX_BATCH)]
+            us = sum(u * p.shape[1] for p, u in parts) / batch
+            return np.concatenate([p for p, _ in parts], axis=1), us
         data = np.ascontiguousarray(xs, dtype=np.int32 if self.tokens else np.float32).tobytes()
         res = subprocess.run([self.executable, "run", str(batch)], input=data, capture_output=True)
         if res.returncode != 0:
