@@ -60,3 +60,17 @@ def test_validation_messages():
         StepWeights.from_model(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="batch"):
         TorchStreamer(make_model("s4d"), batch=0)
+
+
+def test_step_weights_read_current_parameters_not_a_stale_cache():
+    model = make_model("s4d", seed=9)
+    for layer in model.ssm_layers():
+        layer.setup_step()
+    stale = model.blocks[0].ssm.step_parameters()["lam_re"].numpy().copy()
+    with torch.no_grad():
+        model.blocks[0].ssm.log_dt.add_(0.5)
+    w = StepWeights.from_model(model)
+    model.blocks[0].ssm.clear_step()
+    fresh = model.blocks[0].ssm.step_parameters()["lam_re"].detach().numpy()
+    np.testing.assert_array_equal(w.blocks[0].lam_re, fresh)
+    assert not np.array_equal(fresh, stale)

@@ -460,7 +460,7 @@ def cmd_export(args) -> int:
               + ", ".join(info["files"]))
         print(f"  weights {info['weight_bytes']} bytes, state {info['state_bytes_per_stream']} bytes per stream")
         if args.format == "c":
-            print(f"  build the example driver: cc -std=c99 -O2 -o {out / args.name}_driver "
+            print(f"  build the example driver: cc -std=c99 {'-O3' if args.int8 else '-O2'} -o {out / args.name}_driver "
                   f"{out / args.name}.c {out / args.name}_driver.c -lm")
     return 0
 

@@ -82,7 +82,10 @@ class StepWeights:
 
     @classmethod
     def from_model(cls, model) -> "StepWeights":
-        """Read the precomputed recurrence of a float32 or float64 ``SequenceModel`` (stored as float32)."""
+        """Read the precomputed recurrence of a float32 or float64 ``SequenceModel`` (stored as float32).
+
+        Drops the layers' ``setup_step`` caches, so that the current parameters are read.
+        """
         from ..nn import SequenceModel
 
         if not isinstance(model, SequenceModel):
@@ -104,6 +107,7 @@ class StepWeights:
         blocks = []
         with torch.no_grad():
             for block in model.blocks:
+                block.ssm.clear_step()  # never read a cache of older parameters
                 p = block.ssm.step_parameters()
                 blocks.append(BlockWeights(
                     lam_re=f32(p["lam_re"]), lam_im=f32(p["lam_im"]), B_re=f32(p["B_re"]), B_im=f32(p["B_im"]),
