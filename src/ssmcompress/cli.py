@@ -1,4 +1,4 @@
-"""``ssmcompress`` command line: train, evaluate, info, compress, experiment, data, demo.
+"""``ssmcompress`` command line: train, evaluate, info, compress, experiment, data, demo, export, stream.
 
 Every user mistake (bad flag value, missing run folder, corrupt checkpoint, bad data
 file) ends with one sentence on stderr and exit code 2, never with a traceback.
@@ -493,7 +493,126 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seeds", type=_seed_list, default=[0], help="seeds (default 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_demo)
+    _add_export_parsers(sub)
     return p
+
+
+# ----------------------------------------------------------------------------- export and stream (issue 10)
+
+def _load_eval_model(run: str):
+    from . import checkpoint as ckpt
+    model, _ = ckpt.load_model(Path(run))
+    return model.eval()
+
+
+def cmd_export(args) -> int:
+    from .export import StepWeights
+
+    if args.int8 and args.format != "c":
+        raise UserError("--int8 applies to --format c only; the ONNX graph keeps float32 weights.")
+    model = _load_eval_model(args.run)
+    weights = StepWeights.from_model(model)
+    weight_bytes = 4 * weights.weight_count()
+    out = Path(args.out)
+    try:
+        if args.format == "onnx":
+            from .export.onnx_export import ExportDependencyError, export_onnx
+            if out.is_dir():
+                raise UserError(f"--out {out} is a folder; the ONNX export writes one file (e.g. {out / 'model.onnx'}).")
+            try:
+                export_onnx(weights, out)
+            except ExportDependencyError as exc:
+                raise UserError(str(exc)) from None
+            written = [out]
+        else:
+            from .export.c_export import c_weight_bytes, write_c
+            written = list(write_c(weights, out, args.name, int8=args.int8).values())
+            weight_bytes = c_weight_bytes(weights, int8=args.int8)
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}); choose a writable --out.") from None
+    info = {"format": args.format, "files": [str(p) for p in written], "state_dims": weights.state_dims,
+            "weight_bytes": weight_bytes, "state_bytes_per_stream": 4 * weights.state_count()}
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"exported {args.run} ({weights.kernel}, state dims {weights.state_dims}) as {args.format}: "
+              + ", ".join(info["files"]))
+        print(f"  weights {info['weight_bytes']} bytes, state {info['state_bytes_per_stream']} bytes per stream")
+        if args.format == "c":
+            print(f"  build the example driver: cc -std=c99 {'-O3' if args.int8 else '-O2'} -o {out / args.name}_driver "
+                  f"{out / args.name}.c {out / args.name}_driver.c -lm")
+    return 0
+
+
+def cmd_stream(args) -> int:
+    import contextlib
+    import tempfile
+    from .export.backends import open_backend
+    from .export.stream_input import open_stream_input
+
+    model = _load_eval_model(args.run)
+    source = open_stream_input(args.input, model.d_input, model.vocab_size)
+    live = args.input == "-"
+    with tempfile.TemporaryDirectory(prefix="ssmcompress_stream_") as work:
+        try:
+            backend = open_backend(model, args.backend, source.batch, workdir=work)
+        except ImportError as exc:  # onnx or onnxruntime missing
+            raise UserError(str(exc)) from None
+        print("step,sample," + ",".join(f"y{j}" for j in range(model.d_output)), flush=live)
+        steps, y, printed = 0, None, -1
+        try:
+            for t, x_t in enumerate(source):
+                y = backend.step(x_t)
+                steps = t + 1
+                if steps % args.every == 0:
+                    _print_stream_rows(t, y, live)
+                    printed = t
+        except BaseException:
+            with contextlib.suppress(Exception):
+                backend.close()
+            raise
+        us = backend.close() if steps else 0.0
+        if steps == 0:
+            raise UserError(f"{args.input} holds no steps to stream.")
+        if printed != steps - 1:
+            _print_stream_rows(steps - 1, y, live)
+    print(f"{steps} steps x {source.batch} stream(s) on {args.backend}: {us:.2f} us per token", file=sys.stderr)
+    return 0
+
+
+def _print_stream_rows(t, y, flush) -> None:
+    for b, row in enumerate(y):
+        print(f"{t},{b}," + ",".join(f"{float(v):.7g}" for v in row), flush=flush)
+
+
+def _add_export_parsers(sub) -> None:
+    ex = sub.add_parser("export", help="export the streaming step of a run as ONNX or as C99 source",
+                        description="Export the eval-mode streaming step of a run folder (state in, state out): "
+                                    "--format onnx writes one .onnx graph with dynamic batch (needs onnx: "
+                                    "pip install 'ssmcompress[export]'); --format c writes NAME.h, NAME.c "
+                                    "(weights as static const float, no heap, only libm) and an example driver NAME_driver.c.")
+    ex.add_argument("run", metavar="RUN", help="run folder of the model")
+    ex.add_argument("--format", choices=("onnx", "c"), required=True, help="onnx (one file) or c (a folder of sources)")
+    ex.add_argument("--out", required=True, metavar="FILE|DIR", help="the .onnx file, or the folder of the C sources")
+    ex.add_argument("--name", default="ssm_model", help="C: file and symbol prefix (default ssm_model)")
+    ex.add_argument("--int8", action="store_true",
+                    help="C: store the Linear weights as int8 with a float scale per output (SSM and norms stay float32)")
+    ex.add_argument("--json", action="store_true", help="print one JSON object (files, weight and state bytes)")
+    ex.set_defaults(func=cmd_export)
+
+    st = sub.add_parser("stream", help="run a model token by token on a file or stdin and print every output",
+                        description="Run the model of a run folder as a recurrence, one step at a time, and print its "
+                                    "output after every step (CSV: step,sample,y0,...) and the microseconds per token "
+                                    "(stderr). Input: .npy of shape (length,), (length, features), (batch, length) or "
+                                    "(batch, length, features); a .csv/.txt file; or - for CSV lines on stdin, one step "
+                                    "per line.")
+    st.add_argument("run", metavar="RUN", help="run folder of the model")
+    st.add_argument("--input", required=True, metavar="FILE|-", help=".npy, .csv or .txt file, or - for stdin")
+    st.add_argument("--every", type=_positive_int, default=1, metavar="k",
+                    help="print the output every k steps (and after the last one; default 1)")
+    st.add_argument("--backend", choices=("torch", "onnx", "c"), default="torch",
+                    help="eager torch (default), onnxruntime, or the C export built with the system cc")
+    st.set_defaults(func=cmd_stream)
 
 
 def _init_distributed() -> None:
