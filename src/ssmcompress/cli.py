@@ -1,4 +1,4 @@
-"""``ssmcompress`` command line: train, evaluate, info, compress, experiment, data, demo, export, stream.
+"""``ssmcompress`` command line: train, evaluate, info, compress, experiment, data, import-s4, demo, export, stream.
 
 Every user mistake (bad flag value, missing run folder, corrupt checkpoint, bad data
 file) ends with one sentence on stderr and exit code 2, never with a traceback.
@@ -88,6 +88,27 @@ def _load_data(spec: str, options: dict):
     return load_dataset(spec, **options)
 
 
+def check_model_fits_data(model, data, run, spec) -> None:
+    """One sentence (UserError) when the model of ``run`` cannot take ``data`` (inputs, classes, task)."""
+    cfg = model.config
+    if data.task != cfg.get("task", "classification"):
+        raise UserError(f"{run} is a {cfg.get('task')} model but {spec} is a {data.task} task; "
+                        "give data of the kind it was trained on.")
+    if (cfg.get("vocab_size") is None) != (data.vocab_size is None):
+        kind = "tokens" if data.vocab_size is not None else "real-valued features"
+        raise UserError(f"{run} takes {'tokens' if cfg.get('vocab_size') else 'real-valued features'} "
+                        f"but {spec} holds {kind}; give data of the kind it was trained on.")
+    if data.vocab_size is not None and data.vocab_size > cfg["vocab_size"]:
+        raise UserError(f"{run} knows {cfg['vocab_size']} token ids but {spec} uses {data.vocab_size}; "
+                        "give data with the model's vocabulary.")
+    if data.vocab_size is None and data.d_input != cfg["d_input"]:
+        raise UserError(f"{run} takes {cfg['d_input']} feature(s) per step but {spec} has {data.d_input}; "
+                        "give data with the model's feature width.")
+    if data.task == "classification" and data.n_classes > cfg["d_output"]:
+        raise UserError(f"{run} predicts {cfg['d_output']} classes but {spec} has {data.n_classes} "
+                        f"(labels up to {data.n_classes - 1}); give data with at most {cfg['d_output']} classes.")
+
+
 def _model_kwargs_for(data, args) -> dict:
     kw = dict(
         d_input=data.d_input if data.d_input is not None else 1,
@@ -140,6 +161,7 @@ def cmd_train(args) -> int:
             if src_data.get("spec") not in (None, args.data) and not args.force:
                 raise UserError(
                     f"--init-from run {args.init_from} was made on data {src_data.get('spec')!r}, not {args.data!r}; pass --force to train it on other data.")
+            check_model_fits_data(model, data, args.init_from, args.data)
         else:
             try:
                 model = SequenceModel(**_model_kwargs_for(data, args))
@@ -169,6 +191,7 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{args.run} records no data set; pass --data NAME|PATH.")
     options = dict(args.data_option) if args.data_option else (data_cfg.get("options", {}) if not args.data else {})
     data = _load_data(spec, options)
+    check_model_fits_data(model, data, args.run, spec)
     x, y, lengths = data.split(args.split)
     device = resolve_device(args.device)
     model.to(device)
@@ -215,13 +238,17 @@ def cmd_info(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import builtin_names
+    from .data import builtin_names, loader_names
     names = builtin_names()
+    folders = loader_names()
     if args.json:
-        _print_json(names)
+        _print_json({**names, **{f"{n}:DIR": entry for n, entry in folders.items()}})
     else:
         for name, desc in names.items():
             print(f"{name:10s} {desc}")
+        print("\nbenchmark files from a folder you name (--data NAME:DIR, nothing downloaded):")
+        for name, entry in folders.items():
+            print(f"{name + ':DIR':18s} {entry['description']}\n{'':18s} expects {entry['layout']}")
     return 0
 
 
@@ -341,6 +368,35 @@ def cmd_demo(args) -> int:
     return cmd_experiment(ns)
 
 
+def cmd_import_s4(args) -> int:
+    """Convert a state-spaces/s4 S4D checkpoint into a run folder."""
+    from .import_s4 import check_new_folder, read_state_dict, s4d_model, write_imported_run
+    from .train import evaluate
+
+    out = Path(args.out)
+    check_new_folder(out)
+    model = s4d_model(read_state_dict(args.checkpoint), prenorm=args.prenorm)
+    data_cfg = data = None
+    if args.data:  # checked before anything is written
+        data_cfg = {"spec": args.data, "options": dict(args.data_option or [])}
+        data = _load_data(args.data, data_cfg["options"])
+        check_model_fits_data(model, data, args.checkpoint, args.data)
+    write_imported_run(model, args.checkpoint, out, prenorm=args.prenorm, data=data_cfg)
+    summary = {"imported_from": str(args.checkpoint), "prenorm": bool(args.prenorm), **model_info(model)}
+    if data is not None:
+        res = evaluate(model, *data.split("test"), task=data.task)
+        summary.update(test_accuracy=res["accuracy"], test_loss=res["loss"])
+        from .checkpoint import write_json
+        write_json(out / "summary.json", summary)
+    if args.json:
+        _print_json(summary)
+    else:
+        acc = "" if "test_accuracy" not in summary else f", test accuracy {summary['test_accuracy']:.4f} on {args.data}"
+        print(f"imported {args.checkpoint} -> {out}: {summary['layers']} S4D layers, d_model {summary['d_model']}, "
+              f"state dims {summary['state_dims']}{acc}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def _add_model_args(p) -> None:
@@ -384,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a SequenceModel on a built-in data set or a .npz file and write a run folder "
                                    "(config.json, model.safetensors, metrics.jsonl). Under torchrun it uses DDP.")
     t.add_argument("--data", default="digits", metavar="NAME|PATH",
-                   help="built-in data set (see 'ssmcompress data') or a .npz file (default digits)")
+                   help="built-in data set, NAME:DIR benchmark files (see 'ssmcompress data') or a .npz file (default digits)")
     t.add_argument("--data-option", type=_data_option, action="append", metavar="KEY=VALUE",
                    help="data set option, repeatable (e.g. max_length=500 for listops)")
     t.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
@@ -413,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object (state_dims, ssm_params, params, ...)")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("data", help="list the built-in data sets", description="List the built-in offline data sets.")
+    d = sub.add_parser("data", help="list the built-in data sets and the benchmark-file loaders",
+                       description="List the built-in offline data sets and the NAME:DIR loaders with the folder "
+                                   "layout each expects.")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data)
 
@@ -484,6 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
         if a.dest == "patience":
             a.help = "early stopping patience in epochs, 0 = off (default 5)"
     x.set_defaults(func=cmd_experiment)
+
+    s4 = sub.add_parser("import-s4", help="convert a state-spaces/s4 S4D checkpoint into a run folder",
+                        description="Read the state dict of an S4D model built like state-spaces/s4 example.py "
+                                    "(.safetensors, or .pt/.ckpt via torch.load(weights_only=True)) and write a run "
+                                    "folder that evaluate, compress, train --init-from and export accept.")
+    s4.add_argument("checkpoint", metavar="CHECKPOINT", help="the .safetensors, .pt or .ckpt file")
+    s4.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    s4.add_argument("--prenorm", action="store_true",
+                    help="the model was trained with example.py --prenorm (the state dict cannot tell; default postnorm)")
+    s4.add_argument("--data", metavar="NAME|PATH",
+                    help="record this data set in the run (and print the test accuracy), e.g. cifar10:DIR")
+    s4.add_argument("--data-option", type=_data_option, action="append", metavar="KEY=VALUE", help="data set option")
+    s4.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s4.set_defaults(func=cmd_import_s4)
 
     m = sub.add_parser("demo", help="the demo that `make demo` runs",
                        description="The compression protocol on the built-in digits data at laptop size "

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -116,22 +117,34 @@ def loss_and_correct(model, x, y, lengths, task: str, reduction: str = "mean"):
     return loss, (out.argmax(-1) == y).sum()
 
 
+def batch_rows(a, index, device):
+    """Rows ``index`` (tensor or slice) of a split array as a tensor on ``device``; None stays None.
+
+    ``a`` is a tensor, a numpy array, or stored data (``ssmcompress.data.StoredSequences``:
+    uint8 / memory-mapped / on disk) that converts only these rows to float.
+    """
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return a[index].to(device)
+    rows = a[index.numpy() if isinstance(index, torch.Tensor) else index]
+    if isinstance(rows, np.ndarray) and not rows.flags.writeable:
+        rows = rows.copy()  # a read-only view (frozen array, memory map): torch needs its own copy
+    return torch.as_tensor(rows).to(device)
+
+
 @torch.no_grad()
 def evaluate(model, x, y, lengths=None, task: str = "classification", batch_size: int = 256,
              device: torch.device | None = None) -> dict:
     """Mean loss and accuracy of ``model`` (eval mode) on arrays ``x, y`` (numpy or torch)."""
     device = device or next(model.parameters()).device
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    lengths = None if lengths is None else torch.as_tensor(lengths)
     if len(x) == 0:
         raise ValueError("cannot evaluate on an empty split; the dataset has no samples there.")
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        yb = y[i:i + batch_size].to(device)
-        lb = None if lengths is None else lengths[i:i + batch_size].to(device)
+        xb, yb, lb = (batch_rows(a, slice(i, i + batch_size), device) for a in (x, y, lengths))
         loss, corr = loss_and_correct(model, xb, yb, lb, task, reduction="sum")
         total_loss += float(loss)
         correct += 0 if corr is None else int(corr)
@@ -190,7 +203,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model.to(device)
     task = data.task
-    x_tr, y_tr, l_tr = (torch.as_tensor(a) if a is not None else None for a in data.split("train"))
+    x_tr, y_tr, l_tr = data.split("train")  # x may be stored (uint8, memory-mapped): converted per batch
     n_train = len(x_tr)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -225,8 +238,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             n_global = len(idx)
             idx = idx[rank::world]
-            xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
-            lb = None if l_tr is None else l_tr[idx].to(device)
+            xb, yb, lb = (batch_rows(a, idx, device) for a in (x_tr, y_tr, l_tr))
             f = lr_factor(state["step"], total_steps, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f

@@ -9,10 +9,17 @@ split, stratified by class for classification). Other keys are ignored.
   standardised per feature with the training split's mean and std. With the
   option ``tokens=True``, ``x`` holds non-negative integer token ids of shape
   ``(samples, length)``; ``vocab_size`` is the largest id + 1 and id 0 is the
-  padding id (every sequence is taken as full length).
+  padding id (every sequence is taken as full length unless lengths are given).
 * ``y``: ``(samples,)`` integer class labels ``0 .. C-1`` (float arrays with
   whole-number values are accepted). With ``task="regression"``, real-valued
   targets ``(samples,)`` or ``(samples, targets)`` instead.
+
+* ``lengths_train, lengths_test`` (and ``lengths_val`` with ``x_val``), optional:
+  the true length of every sequence in a right-padded ``x``, integers in
+  ``1 .. length``. Give them for every split or for none. Only the valid
+  steps are checked for NaN/inf and enter the normalisation statistics;
+  padded steps become 0 (pad id 0 for tokens), whatever the file holds there,
+  and the model pools over the valid steps only (``Dataset.len_*``).
 
 Every problem is reported as a DataError with one sentence; nothing is
 unpickled (``allow_pickle=False``).
@@ -29,6 +36,7 @@ from .splits import DEFAULT_DATA_SEED, split_indices, standardize
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
+LENGTH_KEYS = ("lengths_train", "lengths_val", "lengths_test")
 NPZ_OPTIONS = ("task", "tokens", "data_seed")
 TASKS = ("classification", "regression")
 _EXPECTED = "x_train, y_train, x_test, y_test (and optionally x_val, y_val)"
@@ -59,8 +67,17 @@ def _read(path: str) -> dict:
             present, absent = (OPTIONAL_KEYS if has_val[0] else OPTIONAL_KEYS[::-1])
             raise DataError(f"{name} has {present!r} but no {absent!r}; give both x_val and y_val, "
                             "or neither to carve validation data from the training split.")
+        given = [k for k in LENGTH_KEYS if k in keys]
+        if given:
+            needed = ("lengths_train", "lengths_test") + (("lengths_val",) if all(has_val) else ())
+            for k in needed:
+                if k not in keys:
+                    raise DataError(f"{name} has {given[0]!r} but no {k!r}; give the lengths of every split "
+                                    "(lengths_train, lengths_test and, with x_val, lengths_val) or of none.")
+            if "lengths_val" in keys and not all(has_val):
+                raise DataError(f"{name} has 'lengths_val' but no x_val; drop lengths_val or add x_val, y_val.")
         arrays = {}
-        for key in REQUIRED_KEYS + (OPTIONAL_KEYS if all(has_val) else ()):
+        for key in REQUIRED_KEYS + (OPTIONAL_KEYS if all(has_val) else ()) + tuple(given):
             try:
                 arrays[key] = f[key]
             except ValueError as e:
@@ -92,8 +109,35 @@ def _count_nonfinite(a: np.ndarray) -> int:
     return 0
 
 
-def _check_split(split: str, x: np.ndarray, y: np.ndarray, tokens: bool, task: str):
-    """Validate one split; return x (float64 or int64) and y (int64 or float32)."""
+def _check_lengths(split: str, lengths: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Validate ``lengths_<split>`` against its padded ``x``; return int64 (samples,)."""
+    key = f"lengths_{split}"
+    _check_numeric(key, lengths)
+    if lengths.ndim != 1 or lengths.shape[0] != x.shape[0]:
+        raise DataError(f"{key} has shape {lengths.shape}; expected ({x.shape[0]},), one length per "
+                        f"sequence of x_{split}.")
+    if np.issubdtype(lengths.dtype, np.floating) and not np.isfinite(lengths).all():
+        raise DataError(f"{key} contains NaN or infinite values; lengths must be integers.")
+    li = lengths.astype(np.int64)
+    if not np.array_equal(li, lengths):
+        raise DataError(f"{key} holds non-integer values; lengths must be integers 1..{x.shape[1]}.")
+    if li.size and (li.min() < 1 or li.max() > x.shape[1]):
+        raise DataError(f"{key} holds lengths from {li.min()} to {li.max()}; every length must lie in "
+                        f"1..{x.shape[1]}, the padded length of x_{split}.")
+    return li
+
+
+def valid_steps(lengths: np.ndarray, length: int) -> np.ndarray:
+    """Boolean (samples, length) mask of the steps before each sequence's length."""
+    return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+
+
+def _check_split(split: str, x: np.ndarray, y: np.ndarray, tokens: bool, task: str, lengths=None):
+    """Validate one split; return x (float64 or int64) and y (int64 or float32).
+
+    With ``lengths`` (validated int64), only the valid steps are checked and the
+    padded steps of the returned x are 0.
+    """
     xk, yk = f"x_{split}", f"y_{split}"
     _check_numeric(xk, x)
     _check_numeric(yk, y)
@@ -120,6 +164,8 @@ def _check_split(split: str, x: np.ndarray, y: np.ndarray, tokens: bool, task: s
     if y.shape[0] != x.shape[0]:
         raise DataError(f"{xk} has {x.shape[0]} samples but {yk} has {y.shape[0]}; "
                         "each sample needs exactly one label.")
+    if lengths is not None:
+        x = np.where(valid_steps(lengths, x.shape[1]).reshape(x.shape[:2] + (1,) * (x.ndim - 2)), x, 0)
     for key, a in ((xk, x), (yk, y)):
         bad = _count_nonfinite(a)
         if bad:
@@ -163,7 +209,15 @@ def load_npz(path, val_fraction: float = 0.1, data_seed: int = DEFAULT_DATA_SEED
     path = os.fspath(path)
     raw = _read(path)
     splits = [s for s in ("train", "val", "test") if f"x_{s}" in raw]
-    data = {s: _check_split(s, raw[f"x_{s}"], raw[f"y_{s}"], bool(tokens), task) for s in splits}
+    lengths = {}
+    if "lengths_train" in raw:
+        for s in splits:
+            if raw[f"x_{s}"].ndim < 2:
+                raise DataError(f"x_{s} has shape {raw[f'x_{s}'].shape}; expected (samples, length) or "
+                                "(samples, length, features).")
+            lengths[s] = _check_lengths(s, raw[f"lengths_{s}"], raw[f"x_{s}"])
+    data = {s: _check_split(s, raw[f"x_{s}"], raw[f"y_{s}"], bool(tokens), task, lengths.get(s))
+            for s in splits}
 
     x_tr, y_tr = data["train"]
     for s in splits[1:]:
@@ -188,6 +242,8 @@ def load_npz(path, val_fraction: float = 0.1, data_seed: int = DEFAULT_DATA_SEED
         data["val"] = (x_tr[val], y_tr[val])
         data["train"] = (x_tr[keep], y_tr[keep])
         info["val_fraction"] = val_fraction
+        if lengths:
+            lengths["val"], lengths["train"] = lengths["train"][val], lengths["train"][keep]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data["train"], data["val"], data["test"]
 
     n_classes = None
@@ -195,11 +251,13 @@ def load_npz(path, val_fraction: float = 0.1, data_seed: int = DEFAULT_DATA_SEED
         n_classes = int(max(y_tr.max(), y_va.max(), y_te.max())) + 1
 
     common = dict(name=os.path.splitext(os.path.basename(path))[0], y_train=y_tr, y_val=y_va,
-                  y_test=y_te, task=task, n_classes=n_classes, seq_len=int(x_tr.shape[1]), info=info)
+                  y_test=y_te, task=task, n_classes=n_classes, seq_len=int(x_tr.shape[1]), info=info,
+                  len_train=lengths.get("train"), len_val=lengths.get("val"), len_test=lengths.get("test"))
     if tokens:
         vocab_size = int(max(x_tr.max(), x_va.max(), x_te.max())) + 1
         return Dataset(x_train=x_tr, x_val=x_va, x_test=x_te, vocab_size=vocab_size, pad_id=0,
                        **common)
-    (x_tr, x_va, x_te), norm = standardize(x_tr, x_va, x_te)
+    (x_tr, x_va, x_te), norm = standardize(x_tr, x_va, x_te, lengths=(
+        (lengths["train"], lengths["val"], lengths["test"]) if lengths else None))
     return Dataset(x_train=x_tr, x_val=x_va, x_test=x_te, d_input=int(x_tr.shape[2]),
                    normalization=norm, **common)

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from . import images, listops
+from . import benchmark_files, images, listops
 from .arrays import NPZ_OPTIONS, load_npz
 from .dataset import DataError, Dataset
 from .splits import DEFAULT_DATA_SEED, check_fraction
@@ -36,7 +36,11 @@ def load_dataset(name_or_path, seed: int = 0, val_fraction: float = 0.1, **optio
     ----------
     name_or_path : str or os.PathLike
         One of ``builtin_names()`` ("smnist", "digits", "mnist1d", "listops"),
-        or the path of an ``.npz`` file (see ``ssmcompress.data.arrays``).
+        the path of an ``.npz`` file (see ``ssmcompress.data.arrays``), or
+        ``NAME:DIR`` for the benchmark files in folder DIR, NAME one of
+        ``loader_names()`` (mnist, pmnist, cifar10, lra-image, lra-listops,
+        lra-text, lra-pathfinder, speechcommands; see
+        ``ssmcompress.data.benchmark_files``).
     seed : int
         The run's seed. It does *not* change the data: splits (and the ListOps
         expressions) come from ``data_seed`` (option, default 0), so runs with
@@ -49,7 +53,8 @@ def load_dataset(name_or_path, seed: int = 0, val_fraction: float = 0.1, **optio
         ``data_seed`` (int) for every source; ``n_samples`` for mnist1d;
         ``n_train, n_val, n_test, max_depth, max_args, min_length, max_length,
         operator_prob`` for listops; ``task`` ("classification" or
-        "regression") and ``tokens`` (bool) for an ``.npz``.
+        "regression") and ``tokens`` (bool) for an ``.npz``; for ``NAME:DIR``
+        the loader's options (``benchmark_files.LOADERS``).
 
     Returns
     -------
@@ -70,7 +75,11 @@ def load_dataset(name_or_path, seed: int = 0, val_fraction: float = 0.1, **optio
     if key is None:
         raise DataError(f"Dataset must be a built-in name or a path to an .npz file, "
                         f"got {name_or_path!r}.")
-    if key in _BUILTINS:
+    folder_spec = benchmark_files.parse_spec(key)
+    if folder_spec is not None:
+        ds = benchmark_files.load_from_folder(*folder_spec, check_fraction(val_fraction, "val_fraction"),
+                                              data_seed, **options)
+    elif key in _BUILTINS:
         _, loader, allowed = _BUILTINS[key]
         unknown = sorted(set(options) - set(allowed))
         if unknown:

@@ -9,6 +9,12 @@ A dataset is three splits (train / val / test) of sequences with labels:
 
 ``y`` is int64 class labels ``0 .. n_classes-1`` (classification) or float32
 targets (regression, only for a user's ``.npz`` that asks for it).
+
+The ``NAME:DIR`` loaders of benchmark files hand out ``x`` as a
+:class:`~ssmcompress.data.stored.StoredSequences` instead of an array: the
+stored uint8 / int16 data, indexed by rows like an array (``x[rows]``,
+``x[i:j]``, ``len(x)``, ``x.shape``) and converted to the float32 (or int64
+token) batch only for the rows asked for; ``np.asarray(x)`` converts all.
 """
 from __future__ import annotations
 
@@ -32,8 +38,9 @@ class Dataset:
     ----------
     name : str
         Built-in name, or the file name of a user's ``.npz``.
-    x_train, x_val, x_test : np.ndarray
-        float32 ``(samples, length, features)``, or int64 tokens ``(samples, length)``.
+    x_train, x_val, x_test : np.ndarray or StoredSequences
+        float32 ``(samples, length, features)``, or int64 tokens ``(samples, length)``
+        (converted per batch for a StoredSequences).
     y_train, y_val, y_test : np.ndarray
         int64 ``(samples,)`` class labels, or float32 ``(samples,)`` /
         ``(samples, targets)`` regression targets.

@@ -65,13 +65,16 @@ def split_indices(y: np.ndarray, fraction: float, rng: np.random.Generator,
     return kept[rng.permutation(len(kept))], taken[rng.permutation(len(taken))]
 
 
-def standardize(x_train: np.ndarray, *others: np.ndarray):
+def standardize(x_train: np.ndarray, *others: np.ndarray, lengths=None):
     """Standardise float data per feature with the mean and std of ``x_train`` only.
 
     Parameters
     ----------
     x_train : (samples, length, features) array
     *others : arrays of the same feature count (val, test)
+    lengths : sequence of int arrays (samples,), optional
+        One per array (``x_train`` first): only the steps before each length
+        enter the statistics, and the padded steps of the result are 0.
 
     Returns
     -------
@@ -79,9 +82,17 @@ def standardize(x_train: np.ndarray, *others: np.ndarray):
     (float64). A constant feature gets std 1, so it maps to 0.
     """
     xt = np.asarray(x_train, dtype=np.float64)
-    mean = xt.mean(axis=(0, 1))
-    std = xt.std(axis=(0, 1))
+    arrays = (xt,) + others
+    masks = [None] * len(arrays) if lengths is None else \
+        [np.arange(x.shape[1])[None, :] < np.asarray(n)[:, None] for x, n in zip(arrays, lengths)]
+    steps = xt.reshape(-1, xt.shape[2]) if masks[0] is None else xt[masks[0]]
+    mean = steps.mean(axis=0)
+    std = steps.std(axis=0)
     std = np.where(std > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
-    out = [((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
-           for x in (xt,) + others]
+    out = []
+    for x, mask in zip(arrays, masks):
+        z = ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+        if mask is not None:
+            z[~mask] = 0.0
+        out.append(z)
     return out, {"mean": mean, "std": std}

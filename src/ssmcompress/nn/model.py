@@ -109,6 +109,9 @@ class SequenceModel(nn.Module):
         Range of the initial steps.
     learn_B : bool, optional
         See :class:`SSMLayer` (None: kernel default).
+    final_norm : bool, optional
+        A norm after the last block; None (default) means ``prenorm``. False with
+        prenorm is the state-spaces/s4 ``example.py`` model (``ssmcompress import-s4``).
 
     Inputs to ``forward``: ``x`` of shape (batch, length, d_input), or (batch, length)
     when ``d_input == 1`` or with ``vocab_size``; ``lengths`` (batch,) optional valid lengths
@@ -134,6 +137,7 @@ class SequenceModel(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         learn_B=None,
+        final_norm=None,
     ):
         super().__init__()
         check_kernel_name(kernel)
@@ -169,6 +173,8 @@ class SequenceModel(nn.Module):
             vocab_size=None if vocab_size is None else int(vocab_size),
             dt_min=float(dt_min), dt_max=float(dt_max), learn_B=None if learn_B is None else bool(learn_B),
         )
+        if final_norm is not None:  # recorded only when set, so existing configs stay as they were
+            self.config["final_norm"] = bool(final_norm)
         self.d_input, self.d_output, self.d_model = d_input, d_output, d_model
         self.pool, self.task, self.vocab_size, self.prenorm = pool, task, vocab_size, bool(prenorm)
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)
@@ -176,7 +182,7 @@ class SequenceModel(nn.Module):
             _Block(d_model, s, kernel, init, dropout, bool(prenorm), norm, l_max, dt_min, dt_max, learn_B)
             for s in state_dims
         )
-        self.final_norm = _Norm(norm, d_model) if prenorm else None
+        self.final_norm = _Norm(norm, d_model) if (prenorm if final_norm is None else final_norm) else None
         self.decoder = nn.Linear(d_model, d_output)
 
     # ------------------------------------------------------------------ introspection
