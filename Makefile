@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/lapack_floor.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_hankel.py
 
 clean:
 	rm -rf $(VENV) demo_run .pytest_cache .hypothesis

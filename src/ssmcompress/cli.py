@@ -153,7 +153,8 @@ def cmd_train(args) -> int:
         data = _load_data(args.data, options)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
-                           seed=args.seed, device=args.device, patience=args.patience)
+                           seed=args.seed, device=args.device, patience=args.patience,
+                           hankel_reg=args.hankel_reg, hankel_order=args.hankel_order)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -168,6 +169,7 @@ def cmd_train(args) -> int:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
         run_cfg = {"data": {"spec": args.data, "options": options}, "init_from": args.init_from}
+        _check_hankel_args(args, model)
     rank, _ = distributed()
     summary = train(model, data, tcfg, out, run_config=run_cfg, resume=args.resume, progress=_progress(args))
     if rank == 0:
@@ -178,6 +180,14 @@ def cmd_train(args) -> int:
             print(f"run {out}: best val accuracy {summary['best_val_accuracy']} (epoch {summary['best_epoch']}), "
                   f"test accuracy {acc if acc is None else round(acc, 4)}, {summary['wall_s']:.1f} s")
     return 0
+
+
+def _check_hankel_args(args, model) -> None:
+    if args.hankel_order is not None and args.hankel_reg == 0:
+        raise UserError("--hankel-order needs --hankel-reg WEIGHT > 0 (the weight of the penalty it selects).")
+    if args.hankel_order is not None and args.hankel_order >= max(model.state_dims):
+        raise UserError(f"--hankel-order {args.hankel_order} is not below the state dimension {max(model.state_dims)}, "
+                        "so there is nothing beyond it to penalise; choose a smaller order.")
 
 
 def cmd_evaluate(args) -> int:
@@ -451,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _add_model_args(t)
     _add_train_args(t)
+    h = t.add_argument_group("Hankel-norm regularisation")
+    h.add_argument("--hankel-reg", type=_nonneg_float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x the mean over all channels of all SSM layers of their Hankel singular values "
+                        "(beyond --hankel-order) to the loss, so that balanced truncation loses less (default 0: off)")
+    h.add_argument("--hankel-order", type=_nonneg_int, default=None, metavar="r",
+                   help="penalise only the Hankel singular values beyond real order r, the ones truncation to r "
+                        "discards (default: all of them, the Hankel nuclear norm)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder on a split",

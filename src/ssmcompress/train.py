@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from .nn.hankel import hankel_penalty
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "auto"       # "auto", "cpu", "cuda", "cuda:1", ...
     patience: int = 0          # stop after this many epochs without a better validation score; 0 = never
+    hankel_reg: float = 0.0    # weight of the Hankel penalty (nn.hankel.hankel_penalty); 0 disables it
+    hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
 
     def __post_init__(self):
         checks = [
@@ -49,6 +52,9 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "non-negative (0 disables clipping)"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
             ("patience", isinstance(self.patience, int) and self.patience >= 0, "a non-negative integer (0 = off)"),
+            ("hankel_reg", self.hankel_reg >= 0 and math.isfinite(self.hankel_reg), "a non-negative finite number"),
+            ("hankel_order", self.hankel_order is None or (isinstance(self.hankel_order, int)
+                                                           and self.hankel_order >= 0), "None or a non-negative integer"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -233,7 +239,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress or rank != 0, dynamic_ncols=True)
-        run_loss, run_n = 0.0, 0
+        run_loss, run_n, run_penalty = 0.0, 0, 0.0
         for b in bar:
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             n_global = len(idx)
@@ -244,7 +250,12 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                 g["lr"] = g["base_lr"] * f
             loss_sum, _ = loss_and_correct(net, xb, yb, lb, task, reduction="sum")
             # gradient of the global-batch mean after DDP's average over ranks
-            (loss_sum * (world / n_global)).backward()
+            loss = loss_sum * (world / n_global)
+            if cfg.hankel_reg > 0:  # the same penalty on every rank: DDP's average keeps it
+                penalty = hankel_penalty(model, cfg.hankel_order)
+                loss = loss + cfg.hankel_reg * penalty.to(loss.dtype)
+                run_penalty += float(penalty.detach())
+            loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -252,9 +263,9 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             state["step"] += 1
             run_loss += float(loss_sum.detach())
             run_n += len(idx)
-            if not math.isfinite(run_loss):
+            if not math.isfinite(run_loss + run_penalty):
                 raise FloatingPointError(
-                    f"training loss became {run_loss} at epoch {epoch + 1}; lower --lr or --ssm-lr.")
+                    f"training loss became {run_loss + run_penalty} at epoch {epoch + 1}; lower --lr or --ssm-lr.")
             bar.set_postfix(loss=f"{run_loss / max(run_n, 1):.4f}")
         bar.close()
         train_loss = run_loss / max(run_n, 1)
@@ -266,6 +277,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                "val_accuracy": val["accuracy"], "lr": opt.param_groups[0]["lr"],
                "time_s": round(time.perf_counter() - t_start, 3)}
+        if cfg.hankel_reg > 0:  # mean over the epoch's steps, before the weight
+            row["hankel_penalty"] = run_penalty / steps_per_epoch
         better = (state["best_val_loss"] is None or
                   (val["accuracy"] is not None and val["accuracy"] > state["best_val_accuracy"]) or
                   (val["accuracy"] is None and val["loss"] < state["best_val_loss"]))

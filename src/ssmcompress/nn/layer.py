@@ -207,6 +207,15 @@ class SSMLayer(nn.Module):
             C * B_core, torch.log(lam_d), int(L), self.D.dtype, log_scale, self.max_kernel_elements
         )
 
+    def discrete_modes(self):
+        """Differentiable ``(lam_d, B_d, C)``, complex128 (H, n): the system ``kernel`` uses (for penalties).
+
+        Same values as :meth:`discrete_system` (which detaches them): the dss-softmax
+        normalisation is folded into ``B_d``.
+        """
+        lam_d, log_scale, B_core, C = self._discrete()
+        return lam_d, discrete_B(log_scale, B_core), C
+
     def discrete_system(self, exact: bool = False):
         """Detached ``dict(lam_d, B_d, C, D, dt)``: complex (H, n) and real (H,) tensors.
 

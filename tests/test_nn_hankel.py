@@ -1,0 +1,253 @@
+"""The differentiable Hankel penalty (nn/hankel.py): values against lti and 60-digit references,
+gradients against finite differences, its effect in training, and the train command's flags."""
+import json
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from ssmcompress.cli import main
+from ssmcompress.compress import _default_horizon, layer_system
+from ssmcompress.lti import hankel_singular_values
+from ssmcompress.nn import SequenceModel, SSMLayer
+from ssmcompress.nn.hankel import gramian_horizon, hankel_penalty, layer_hankel_singular_values
+
+INITS = ["legs", "lin", "inv", "real", "random"]
+
+
+def _layer(kernel, init="legs", H=6, N=16, l_max=120, seed=0, shake=0.1, **kw):
+    """A float64 layer with its parameters moved off the initialisation (as training does)."""
+    torch.manual_seed(seed)
+    layer = SSMLayer(H, N, kernel=kernel, init=init, l_max=l_max, **kw).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(shake * torch.randn_like(p))
+    return layer
+
+
+def _relative_error(got, ref, floor):
+    keep = ref >= floor * ref[:, :1]
+    return np.max(np.abs(got - ref)[keep] / ref[keep])
+
+
+# ----------------------------------------------------------------------------- values
+
+@pytest.mark.parametrize("kernel", ["s4d", "bilinear", "dss-exp"])
+@pytest.mark.parametrize("init", INITS)
+def test_infinite_horizon_values_match_lti(kernel, init):
+    layer = _layer(kernel, init)
+    sys = layer_system(layer)
+    assert gramian_horizon(layer) is None and _default_horizon(layer, sys) is None
+    ref = hankel_singular_values(sys)
+    got = layer_hankel_singular_values(layer).detach().numpy()
+    assert got.shape == ref.shape == (6, 16)
+    assert np.all(np.diff(got, axis=-1) <= 0)
+    assert _relative_error(got, ref, 1e-8) < 1e-8
+
+
+@pytest.mark.parametrize("log_re", [-10.0, -14.0])
+def test_modes_near_the_unit_circle(log_re):
+    """Slow modes (1 - |lam_d| down to ~1e-9): 1 - mu_i conj(mu_j) is formed without cancellation."""
+    layer = _layer("s4d", "legs", seed=2, shake=0.0)
+    with torch.no_grad():
+        layer.log_A_real[:, :3] = log_re + torch.randn(6, 3, dtype=torch.float64)
+    sys = layer_system(layer)
+    assert (1 - np.abs(sys.modes)).min() < (1e-7 if log_re == -10 else 1e-8)
+    got = layer_hankel_singular_values(layer).detach().numpy()
+    assert _relative_error(got, hankel_singular_values(sys), 1e-8) < 1e-10
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_dss_softmax_uses_the_finite_horizon_of_compress(init):
+    layer = _layer("dss-softmax", init)
+    sys = layer_system(layer)
+    assert gramian_horizon(layer) == _default_horizon(layer, sys) == 120
+    ref = hankel_singular_values(sys, horizon=120)
+    got = layer_hankel_singular_values(layer).detach().numpy()
+    # lti forms 1 - x for x = mu_i conj(mu_j) near 1 with cancellation and pivots conjugate pairs together,
+    # so it is itself accurate only for the larger values (see the 60-digit test below)
+    assert _relative_error(got, ref, 1e-4) < 1e-6
+
+
+def _reference_hsv(lam, B, C, L):
+    """Finite-horizon Hankel singular values of one channel with 60 digits (closed-form Gramians, eig(PQ))."""
+    mpmath.mp.dps = 60
+    mu = [mpmath.mpc(complex(v)) for v in np.concatenate([lam, lam.conj()])]
+    beta = [mpmath.mpc(complex(v)) for v in np.concatenate([B, B.conj()])]
+    gamma = [mpmath.mpc(complex(v)) for v in np.concatenate([C, C.conj()])]
+    m = len(mu)
+
+    def geometric(x):
+        return L if x == 1 else (1 - x ** L) / (1 - x)
+
+    P, Q = mpmath.matrix(m, m), mpmath.matrix(m, m)
+    for i in range(m):
+        for j in range(m):
+            P[i, j] = beta[i] * mpmath.conj(beta[j]) * geometric(mu[i] * mpmath.conj(mu[j]))
+            Q[i, j] = mpmath.conj(gamma[i]) * gamma[j] * geometric(mpmath.conj(mu[i]) * mu[j])
+    ev = mpmath.eig(P * Q, left=False, right=False)
+    return np.array(sorted((float(mpmath.sqrt(abs(mpmath.re(e)))) for e in ev), reverse=True))
+
+
+@pytest.mark.parametrize("init", ["legs", "lin"])
+def test_finite_horizon_values_against_60_digits(init):
+    layer = _layer("dss-softmax", init, H=3, N=12, l_max=100, seed=3)
+    with torch.no_grad():  # growing modes, and one just inside the unit circle
+        layer.A_real[0, :3] = torch.tensor([0.02, 1e-3, -1e-6], dtype=torch.float64)
+    sys = layer_system(layer)
+    got = layer_hankel_singular_values(layer).detach().numpy()
+    for h in range(3):
+        ref = _reference_hsv(sys.modes[h], sys.B[h], sys.C[h], 100)
+        # the Gramians are formed in float64: absolute accuracy ~1e-12 of the largest value (measured 2e-12)
+        np.testing.assert_array_less(np.abs(got[h] - ref), 1e-8 * ref + 1e-11 * ref[0])
+        assert _relative_error(got[h:h + 1], ref[None], 1e-4) < 1e-8
+
+
+def test_float32_layer_uses_its_own_kernel_system():
+    """A float32 layer: the penalty sees lam_d rounded as the kernel does, B_d and C unrounded."""
+    torch.manual_seed(1)
+    layer = SSMLayer(4, 16, kernel="s4d", init="legs")
+    lam_d, B_d, C = layer.discrete_modes()
+    assert lam_d.dtype == torch.complex128 and lam_d.requires_grad
+    s = layer.discrete_system()
+    torch.testing.assert_close(lam_d.detach().to(torch.complex64), s["lam_d"], rtol=0, atol=0)
+    torch.testing.assert_close(B_d.detach().to(torch.complex64), s["B_d"])
+    ref = hankel_singular_values(layer_system(layer))  # lti gets B_d, C rounded to float32
+    got = layer_hankel_singular_values(layer).detach().numpy()
+    assert _relative_error(got, ref, 1e-6) < 1e-6
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def _as_function(layer, order):
+    names = [n for n, _ in layer.named_parameters()]
+
+    def penalty(*params):
+        saved = dict(layer._parameters)
+        layer._parameters.update(dict(zip(names, params)))
+        try:
+            return hankel_penalty(layer, order)
+        finally:
+            layer._parameters.update(saved)
+
+    return penalty, tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+
+
+@pytest.mark.parametrize("kernel", ["s4d", "bilinear", "dss-exp", "dss-softmax"])
+@pytest.mark.parametrize("order", [None, 3])
+def test_gradient_matches_finite_differences(kernel, order):
+    layer = _layer(kernel, "lin", H=2, N=8, l_max=50, seed=1, shake=0.05, learn_B=True, dt_min=0.05, dt_max=0.5)
+    penalty, params = _as_function(layer, order)
+    assert {"log_dt", "A_imag", "B", "C"} <= {n for n, _ in layer.named_parameters()}
+    assert torch.autograd.gradcheck(penalty, params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradient_is_finite_on_a_model_at_initialisation():
+    torch.manual_seed(0)
+    model = SequenceModel(1, 3, d_model=8, layers=2, state_dim=32, kernel="s4d", init="legs")
+    hankel_penalty(model, 4).backward()
+    grads = [p.grad for layer in model.ssm_layers() for p in layer.parameters() if p.grad is not None]
+    assert len(grads) >= 4 and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+# ----------------------------------------------------------------------------- definition
+
+def test_penalty_is_the_channel_mean_of_the_tail():
+    torch.manual_seed(0)
+    model = SequenceModel(1, 3, d_model=5, layers=3, state_dim=[16, 8, 16], kernel="s4d").double()
+    hsv = [layer_hankel_singular_values(layer).detach() for layer in model.ssm_layers()]
+    for order in (None, 0, 2, 9):
+        start = 0 if order is None else order
+        want = sum(float(h[:, start:].sum()) for h in hsv) / 15
+        assert float(hankel_penalty(model, order)) == pytest.approx(want, rel=1e-12)
+    assert float(hankel_penalty(model, 16)) == 0.0
+    assert float(hankel_penalty(model.ssm_layers()[1], 2)) == pytest.approx(float(hsv[1][:, 2:].sum()) / 5)
+
+
+@pytest.mark.parametrize("bad, phrase", [
+    (dict(order=-1), "order"), (dict(order=2.5), "order"), (dict(horizon=0), "horizon"),
+])
+def test_penalty_argument_errors(bad, phrase):
+    layer = _layer("s4d", H=2, N=4)
+    with pytest.raises(ValueError, match=phrase):
+        hankel_penalty(layer, **bad)
+    with pytest.raises(ValueError, match="SSMLayer"):
+        hankel_penalty(torch.nn.Linear(2, 2))
+
+
+def test_infinite_horizon_refuses_unstable_modes():
+    layer = _layer("dss-softmax", H=2, N=4)
+    with torch.no_grad():
+        layer.A_real[0, 0] = 0.1
+    with pytest.raises(ValueError, match="unit circle"):
+        layer_hankel_singular_values(layer, horizon=None)
+    assert torch.isfinite(layer_hankel_singular_values(layer)).all()  # auto: finite horizon
+
+
+# ----------------------------------------------------------------------------- effect
+
+def _tail_after_fitting(weight, order=4, steps=60):
+    """Fit one SSM layer to a richer teacher layer; return the mean tail beyond ``order`` and the
+    relative fit error (1 would be predicting zero)."""
+    torch.manual_seed(0)
+    teacher = SSMLayer(2, 16, kernel="s4d", init="lin", dt_min=0.05, dt_max=0.2).double()
+    torch.manual_seed(1)
+    student = SSMLayer(2, 16, kernel="s4d", init="legs", dt_min=0.05, dt_max=0.2).double()
+    u = torch.randn(8, 48, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = teacher(u)
+    opt = torch.optim.Adam(student.parameters(), lr=2e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(student(u), y) / y.var()
+        if weight:
+            loss = loss + weight * hankel_penalty(student, order)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(hankel_penalty(student, order)), float(torch.nn.functional.mse_loss(student(u), y) / y.var())
+
+
+def test_training_with_the_penalty_shrinks_the_tail():
+    tail_plain, err_plain = _tail_after_fitting(0.0)
+    tail_reg, err_reg = _tail_after_fitting(0.1)
+    assert tail_reg < 0.4 * tail_plain      # measured: 0.46 against 1.88
+    assert err_reg < 0.2                    # and it still fits the teacher (measured 0.096; 0.049 without)
+
+
+# ----------------------------------------------------------------------------- command line
+
+TINY = ["--d-model", "8", "--layers", "1", "--state-dim", "8", "--batch-size", "256", "--quiet"]
+
+
+def test_train_flag_records_the_penalty(tmp_path, capsys):
+    out = tmp_path / "reg"
+    assert main(["train", "--data", "digits", "--out", str(out), "--epochs", "2", "--hankel-reg", "0.5",
+                 "--hankel-order", "2", *TINY]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["hankel_penalty"]) and r["hankel_penalty"] > 0 for r in rows)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["hankel_reg"] == 0.5 and cfg["train"]["hankel_order"] == 2
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", "digits", "--out", str(plain), "--epochs", "1", *TINY]) == 0
+    assert "hankel_penalty" not in json.loads((plain / "metrics.jsonl").read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--hankel-order", "2"], "needs --hankel-reg"),
+    (["--hankel-reg", "1", "--hankel-order", "8"], "not below the state dimension"),
+])
+def test_train_flag_mistakes_exit_2(argv, phrase, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["train", "--data", "digits", "--out", str(out), *TINY, *argv]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_negative_weight_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "digits", "--out", str(tmp_path / "x"), "--hankel-reg", "-1"])
+    assert exc.value.code == 2 and "non-negative" in capsys.readouterr().err
