@@ -205,3 +205,23 @@ def test_cli_method_names_match_the_experiment():
     from ssmcompress.cli import DEFAULT_METHODS, METHOD_NAMES
     assert tuple(METHOD_NAMES) == tuple(exp_mod.ALL_METHODS)
     assert tuple(DEFAULT_METHODS) == tuple(exp_mod.METHODS)
+
+
+def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
+    out = tmp_path / "exp"
+    argv = ["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4", "--seeds", "1", "--epochs", "3",
+            "--main-epochs", "1", "--d-model", "6", "--layers", "1", "--batch-size", "256",
+            "--methods", "legs,bsp,h2,modal-hinf,hankel-bt,in-training", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    rows = json.loads((out / "results.json").read_text())
+    got = {r["method"] for r in rows}
+    assert got == {"original", "original-hankel", "legs", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf",
+                   "modal-hinf-noretrain", "hankel-bt", "hankel-bt-noretrain", "in-training"}
+    at_r = [r for r in rows if r["state_dim"] == 4]
+    assert len({(r["ssm_params"], r["params"], tuple(r["state_dims"])) for r in at_r}) == 1
+    hankel_cfg = json.loads((out / "s4d" / "seed0" / "original-hankel" / "config.json").read_text())
+    assert hankel_cfg["train"]["hankel_reg"] == 0.01
+    intr = json.loads((out / "s4d" / "seed0" / "r4" / "in-training" / "summary.json").read_text())
+    assert intr["state_dims"] == [4] and [r["epoch"] for r in intr["reductions"]] == [1, 2, 3]
+    assert next(r for r in rows if r["method"] == "in-training")["max_epochs"] == 4      # epochs + main epochs

@@ -15,7 +15,8 @@ EXIT_USAGE = 2
 
 KERNELS = ("s4d", "bilinear", "dss-exp", "dss-softmax")
 METHOD_NAMES = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin", "legs-budget", "warmstart",
-                "original-continued", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain")
+                "original-continued", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
+                "hankel-bt", "hankel-bt-noretrain", "in-training")
 DEFAULT_METHODS = METHOD_NAMES[:9]
 INITS = ("legs", "lin", "inv", "real", "random")
 
@@ -154,7 +155,8 @@ def cmd_train(args) -> int:
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
-                           hankel_reg=args.hankel_reg, hankel_order=args.hankel_order)
+                           hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
+                           reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -328,7 +330,7 @@ def _experiment_config(args):
     return ExperimentConfig(
         data=args.data, data_options=dict(args.data_option or []), state_dim=args.state_dim, ranks=args.ranks,
         seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
-        methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit,
+        methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit, hankel_reg=args.hankel_reg,
         model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
@@ -462,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(t)
     _add_train_args(t)
     h = t.add_argument_group("Hankel-norm regularisation")
+    g = t.add_argument_group("in-training reduction (CompreSSM's schedule)")
+    g.add_argument("--reduce-to", type=_even_state_dim, metavar="r",
+                   help="reduce every layer to real order r during training, in geometric steps")
+    g.add_argument("--reduce-at", type=_int_list, metavar="E1,E2,...",
+                   help="epochs after which to reduce (the last one reaches --reduce-to; all below --epochs)")
+    g.add_argument("--reduce-method", choices=("bt", "bsp", "h2", "modal", "modal-hinf"), default="bt",
+                   help="reduction used in training (default bt)")
     h.add_argument("--hankel-reg", type=_nonneg_float, default=0.0, metavar="WEIGHT",
                    help="add WEIGHT x the mean over all channels of all SSM layers of their Hankel singular values "
                         "(beyond --hankel-order) to the loss, so that balanced truncation loses less (default 0: off)")
@@ -541,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gramians of the reductions (default auto = infinite)")
     x.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="least-squares refit of C and D after reduction (default on)")
+    x.add_argument("--hankel-reg", type=_positive_float, default=0.01, metavar="WEIGHT",
+                   help="Hankel penalty weight of the pre-training behind hankel-bt (default 0.01)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(x)

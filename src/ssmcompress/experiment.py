@@ -41,11 +41,14 @@ RANKED_METHODS = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin
 #: the default set: the paper's method and every control of issue 8
 METHODS = RANKED_METHODS + ("original-continued",)
 #: further reductions (``compress.METHODS``), each with and without main training; chosen with --methods
-EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain")
+EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
+                 "hankel-bt", "hankel-bt-noretrain", "in-training")
 ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
-_COMPRESSED = {m: m.replace("-noretrain", "") for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS}
+#: experiment method -> reduction (compress.METHODS) of a pre-trained model
+_COMPRESSED = {m: m.replace("-noretrain", "").replace("hankel-", "")
+               for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS if m != "in-training"}
 LABELS = {
     "original": "original (N, pre-trained)",
     "original-continued": "original, trained on (N)",
@@ -63,6 +66,10 @@ LABELS = {
     "h2-noretrain": "H2 (IRKA), no retraining",
     "modal-hinf": "modal (H-inf) + main training",
     "modal-hinf-noretrain": "modal (H-inf), no retraining",
+    "hankel-bt": "Hankel-regularised pre-training, BT + main training",
+    "hankel-bt-noretrain": "Hankel-regularised pre-training, BT, no retraining",
+    "in-training": "in-training BT reduction (N -> r in 3 steps)",
+    "original-hankel": "original, Hankel-regularised pre-training (N)",
 }
 
 
@@ -79,6 +86,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)   # TrainConfig keyword arguments (lr, batch_size, patience, ...)
     kernels: list = field(default_factory=lambda: ["s4d"])
     methods: list = field(default_factory=lambda: list(METHODS))
+    hankel_reg: float = 0.01        # weight of the Hankel penalty in the pre-training of hankel-bt
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
     refit: bool | None = None       # least-squares refit of C, D after reduction (None: compress.DEFAULT_REFIT)
 
@@ -97,6 +105,8 @@ class ExperimentConfig:
             raise ValueError("seeds is empty; give at least one seed.")
         if self.epochs < 1 or (self.main_epochs is not None and self.main_epochs < 1):
             raise ValueError("epochs must be positive.")
+        if not (isinstance(self.hankel_reg, (int, float)) and self.hankel_reg > 0):
+            raise ValueError(f"hankel_reg must be a positive weight, got {self.hankel_reg!r}.")
         if not self.kernels:
             raise ValueError("kernels is empty; give at least one, e.g. --kernel s4d,dss-exp.")
         for k in self.kernels:
@@ -119,12 +129,13 @@ def _job_list(cfg: ExperimentConfig) -> list[tuple]:
     for k in cfg.kernels:
         for s in cfg.seeds:
             jobs.append((k, s, "original", None))
+            if any(m.startswith("hankel-bt") for m in cfg.methods):
+                jobs.append((k, s, "original-hankel", None))
             if "original-continued" in cfg.methods:
                 jobs.append((k, s, "original-continued", None))
             for r in cfg.ranks:
                 for m in RANKED_METHODS + EXTRA_METHODS:
-                    if m in cfg.methods or (m in ("bt-noretrain", "modal-noretrain") and
-                                            m.replace("-noretrain", "") in cfg.methods):
+                    if m in cfg.methods or (m.endswith("-noretrain") and m[:-len("-noretrain")] in cfg.methods):
                         jobs.append((k, s, m, r))
     return jobs
 
@@ -216,16 +227,33 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             summ = _train_run(folder, lambda: ckpt.load_model(pre)[0], tc(main_epochs), data,
                               {**run_cfg, "init_from": str(pre)})
             rows.append(_row(kind, kernel, cfg.state_dim, seed, True, summ, folder))
+        elif kind == "original-hankel":
+            from .nn import SequenceModel
+            folder = seed_dir / "original-hankel"
+            summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
+                              TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
+                                             "hankel_reg": cfg.hankel_reg}), data, run_cfg)
+            rows.append(_row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder))
+        elif kind == "in-training":
+            from .nn import SequenceModel
+            folder = seed_dir / f"r{r}" / "in-training"
+            at = sorted({max(1, math.ceil(cfg.epochs * k / 3)) for k in (1, 2, 3)})
+            summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
+                              TrainConfig(**{**cfg.train, "epochs": cfg.epochs + main_epochs, "seed": seed,
+                                             "reduce_to": r, "reduce_at": at}), data, run_cfg)
+            rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
         elif kind in _COMPRESSED:
             method = _COMPRESSED[kind]
-            comp = seed_dir / f"r{r}" / f"{method}-compressed"
+            base_run = seed_dir / "original-hankel" if kind.startswith("hankel-") else pre
+            name = kind.replace("-noretrain", "")
+            comp = seed_dir / f"r{r}" / f"{name}-compressed"
             if not (comp / "summary.json").is_file():
                 shutil.rmtree(comp, ignore_errors=True)
-                compress_run(pre, comp, rank=r, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data)
+                compress_run(base_run, comp, rank=r, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data)
             if kind.endswith("-noretrain"):
                 rows.append(_row(kind, kernel, r, seed, False, ckpt.read_json(comp / "summary.json"), comp, rank=r))
             else:
-                folder = seed_dir / f"r{r}" / method
+                folder = seed_dir / f"r{r}" / name
                 summ = _train_run(folder, lambda: ckpt.load_model(comp)[0], tc(main_epochs), data,
                                   {**run_cfg, "init_from": str(comp)})
                 rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
@@ -307,7 +335,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                       "state_dims": rs[0]["state_dims"],
                       "rising": f"{sum(rising)}/{len(rising)}" if rising else "n/a",
                       "epochs_mean": float(np.mean([r["epochs"] for r in rs])) if rs[0].get("epochs") else None})
-    order = {m: i for i, m in enumerate(("original", "original-continued") + RANKED_METHODS + EXTRA_METHODS)}
+    order = {m: i for i, m in enumerate(("original", "original-continued", "original-hankel") + RANKED_METHODS
+                                        + EXTRA_METHODS)}
     table.sort(key=lambda t: (t["kernel"], -t["state_dim"], order.get(t["method"], 99)))
     return table
 
@@ -319,7 +348,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
         by.setdefault((r.get("kernel", "s4d"), r["method"], r["state_dim"]), {})[r["seed"]] = r
     out = []
     for (kernel, method, n), seeds in sorted(by.items()):
-        if method in ("original", "original-continued"):
+        if method in ("original", "original-continued", "original-hankel"):
             continue
         for ref in REFERENCES:
             if method == ref or (kernel, ref, n) not in by:

@@ -38,6 +38,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "auto"       # "auto", "cpu", "cuda", "cuda:1", ...
     patience: int = 0          # stop after this many epochs without a better validation score; 0 = never
+    reduce_to: int | None = None   # in-training reduction (CompreSSM's schedule): final real order per channel
+    reduce_at: list = dataclasses.field(default_factory=list)   # epochs after which the model is reduced
+    reduce_method: str = "bt"      # compress.METHODS
     hankel_reg: float = 0.0    # weight of the Hankel penalty (nn.hankel.hankel_penalty); 0 disables it
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
 
@@ -55,6 +58,18 @@ class TrainConfig:
             ("hankel_reg", self.hankel_reg >= 0 and math.isfinite(self.hankel_reg), "a non-negative finite number"),
             ("hankel_order", self.hankel_order is None or (isinstance(self.hankel_order, int)
                                                            and self.hankel_order >= 0), "None or a non-negative integer"),
+        ]
+        from .compress import METHODS as REDUCTIONS
+        ra = list(self.reduce_at)
+        if self.reduce_method not in REDUCTIONS:
+            raise ValueError(f"reduce_method={self.reduce_method!r} is invalid; expected one of {', '.join(REDUCTIONS)}.")
+        checks += [
+            ("reduce_to", self.reduce_to is None or (isinstance(self.reduce_to, int) and self.reduce_to >= 2
+                                                     and self.reduce_to % 2 == 0), "None or a positive even integer"),
+            ("reduce_at", (not ra and self.reduce_to is None) or (
+                self.reduce_to is not None and ra and all(isinstance(e, int) for e in ra) and ra == sorted(set(ra))
+                and 1 <= ra[0] and ra[-1] < self.epochs),
+             f"increasing epochs in [1, {self.epochs - 1}] (given together with reduce_to)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -190,6 +205,43 @@ def _load_last(out: Path, model, opt) -> dict:
     return state
 
 
+# ----------------------------------------------------------------------------- in-training reduction
+
+def reduction_schedule(n_from: int, n_to: int, steps: int) -> list[int]:
+    """Real orders after each of ``steps`` reductions: geometric from ``n_from`` to ``n_to`` (even, decreasing)."""
+    out = []
+    for k in range(1, steps + 1):
+        r = n_to if k == steps else 2 * round(n_from * (n_to / n_from) ** (k / steps) / 2)
+        out.append(max(n_to, min(r, out[-1] if out else n_from)))
+    return out
+
+
+def _resized(model, state_dims):
+    """A fresh model of ``model``'s architecture with the given per-layer state dims (weights loaded later)."""
+    from .nn import SequenceModel
+    ref = next(model.parameters())
+    return SequenceModel(**{**model.config, "state_dim": list(state_dims)}).to(ref.dtype)
+
+
+def _reduce_in_training(model, cfg: TrainConfig, state: dict, device):
+    """Reduce every layer (``cfg.reduce_method``) to the next order of the schedule; a new optimiser.
+
+    The best-by-validation tracking restarts: the run's best model is one of the final size.
+    """
+    from .compress import compress_model
+
+    n_from = state.setdefault("reduce_from", max(model.state_dims))
+    k = cfg.reduce_at.index(state["epoch"])
+    r = reduction_schedule(n_from, cfg.reduce_to, len(cfg.reduce_at))[k]
+    small, _ = compress_model(model, method=cfg.reduce_method, rank=r)
+    small.to(device)
+    state["state_dims"] = small.state_dims
+    state["best_val_accuracy"] = state["best_val_loss"] = None
+    state["best_epoch"] = state["epoch"]
+    state.setdefault("reductions", []).append({"epoch": state["epoch"], "state_dims": small.state_dims})
+    return small, torch.optim.AdamW(param_groups(small, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | None = None,
@@ -218,6 +270,10 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
     state = {"epoch": 0, "step": 0, "best_val_accuracy": None, "best_val_loss": None, "history": [],
              "wall_s": 0.0}
     if resume and (out / ckpt.STATE).is_file():
+        dims = ckpt.read_json(out / ckpt.STATE).get("state_dims")
+        if dims and dims != model.state_dims:      # the run was reduced in training: continue at its size
+            model = _resized(model, dims).to(device)
+            opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         state = _load_last(out, model, opt)
     else:
         torch.manual_seed(cfg.seed)
@@ -298,18 +354,34 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         elif better:
             state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
             state["best_epoch"] = epoch + 1
-        if cfg.patience and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience and state["epoch"] < cfg.epochs:
+        reductions_done = not cfg.reduce_at or state["epoch"] > cfg.reduce_at[-1]
+        if (cfg.patience and reductions_done and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience
+                and state["epoch"] < cfg.epochs):
             state["stopped_early"] = True
             if rank == 0:
                 _save_last(out, model, opt, state)
                 if progress:
                     tqdm.write(f"early stop: no better validation score for {cfg.patience} epochs")
             break
+        if state["epoch"] in cfg.reduce_at:
+            model, opt = _reduce_in_training(model, cfg, state, device)
+            net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+            if rank == 0:
+                cfg_json = ckpt.read_json(out / ckpt.CONFIG)
+                cfg_json["model"] = model.config
+                ckpt.write_json(out / ckpt.CONFIG, cfg_json)
+                ckpt.write_tensors(out / ckpt.WEIGHTS, model.state_dict())
+                _save_last(out, model, opt, state)
+                if progress:
+                    tqdm.write(f"reduced to state dims {model.state_dims} after epoch {state['epoch']}")
 
     summary = {"epochs": state["epoch"], "max_epochs": cfg.epochs, "stopped_early": bool(state.get("stopped_early")),
                "best_epoch": state.get("best_epoch"),
                "best_val_accuracy": state["best_val_accuracy"], "best_val_loss": state["best_val_loss"],
-               "wall_s": round(state["wall_s"], 3)}
+               "wall_s": round(state["wall_s"], 3), "state_dims": model.state_dims}
+    if state.get("reductions"):
+        summary["reductions"] = state["reductions"]
     if rank == 0:
         best = ckpt.read_tensors(out / ckpt.WEIGHTS)
         ckpt.load_state(model, best, out / ckpt.WEIGHTS)

@@ -1,0 +1,70 @@
+"""In-training reduction (train --reduce-to r --reduce-at E1,E2): schedule, sizes, resume, errors."""
+import json
+
+import pytest
+import torch
+
+from ssmcompress import checkpoint as ckpt
+from ssmcompress.cli import main
+from ssmcompress.train import TrainConfig, reduction_schedule
+
+TINY = ["--data", "digits", "--d-model", "6", "--layers", "2", "--batch-size", "256", "--quiet"]
+
+
+def test_schedule_is_geometric_even_and_ends_at_the_target():
+    assert reduction_schedule(64, 8, 3) == [32, 16, 8]
+    assert reduction_schedule(64, 8, 1) == [8]
+    for n_from, n_to, k in ((64, 6, 4), (32, 2, 5), (16, 12, 3)):
+        s = reduction_schedule(n_from, n_to, k)
+        assert s[-1] == n_to and all(r % 2 == 0 for r in s) and s == sorted(s, reverse=True)
+
+
+def test_train_reduces_in_steps_and_ends_at_the_final_size(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--state-dim", "16", "--epochs", "4", "--reduce-to", "4", "--reduce-at", "1,2",
+                 "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["state_dims"] == [4, 4]
+    assert [r["state_dims"] for r in summary["reductions"]] == [[8, 8], [4, 4]]
+    model, cfg = ckpt.load_model(out)                  # config and weights agree on the final size
+    assert model.state_dims == [4, 4] and cfg["model"]["state_dim"] == [4, 4]
+    assert summary["best_epoch"] > 2                   # the best model is one of the final size
+    assert main(["evaluate", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_a_reduced_run_resumes_at_its_size(tmp_path, capsys, monkeypatch):
+    import ssmcompress.train as train_mod
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--state-dim", "12", "--epochs", "3", "--reduce-to", "4", "--reduce-at", "1",
+            "--out", str(out)]
+    real = train_mod.evaluate
+    calls = []
+
+    def die_on_second_epoch(*a, **k):            # killed in the validation of epoch 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "evaluate", die_on_second_epoch)
+    assert main(argv) == 130
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    model, _ = ckpt.load_model(out)
+    assert model.state_dims == [4, 4]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+
+
+def test_bad_reduction_arguments_are_one_sentence(tmp_path, capsys):
+    base = ["train", *TINY, "--state-dim", "8", "--epochs", "3"]
+    assert main(base + ["--reduce-at", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "reduce_at" in capsys.readouterr().err
+    assert main(base + ["--reduce-to", "4", "--reduce-at", "3", "--out", str(tmp_path / "b")]) == 2
+    assert "reduce_at" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reduce_method"):
+        TrainConfig(reduce_method="svd")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
