@@ -361,7 +361,8 @@ def cmd_experiment(args) -> int:
         # (add seeds, drop a rank); every setting that shapes a sub-run must stay the same
         selection = ("seeds", "ranks", "kernels", "methods")
         now = json.loads(json.dumps(asdict(cfg)))
-        before = read_json(old)
+        from .experiment import ExperimentConfig
+        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **read_json(old)}   # newer fields: defaults
         changed = sorted(k for k in set(now) | set(before) if k not in selection and now.get(k) != before.get(k))
         if changed:
             raise UserError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the same "
