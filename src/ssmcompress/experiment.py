@@ -446,15 +446,17 @@ def _plot_accuracy_vs_params(kernel, table, path, data_name):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = [t for t in table if t["kernel"] == kernel]
-    for method in dict.fromkeys(t["method"] for t in rows):
+    methods = list(dict.fromkeys(t["method"] for t in rows))
+    for i, method in enumerate(methods):
         ts = sorted([t for t in rows if t["method"] == method], key=lambda t: t["ssm_params"])
         style = dict(marker="o", capsize=3, label=_label(method))
         if method.endswith("noretrain"):
             style.update(ls="--", marker="x")
-        ax.errorbar([t["ssm_params"] for t in ts], [100 * t["mean"] for t in ts],
+        spread = 1 + 0.025 * (i - (len(methods) - 1) / 2)          # side by side at equal size, for legibility
+        ax.errorbar([t["ssm_params"] * spread for t in ts], [100 * t["mean"] for t in ts],
                     yerr=[100 * t["std"] for t in ts], **style)
     ax.set_xscale("log")
-    ax.set_xlabel("SSM parameters (all SSM layers)")
+    ax.set_xlabel("SSM parameters (all SSM layers; methods of equal size drawn side by side)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"{data_name}, {kernel}: accuracy against SSM parameter count")
     ax.legend(fontsize=7)
