@@ -551,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gramians of the reductions (default auto = infinite)")
     x.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="least-squares refit of C and D after reduction (default on)")
-    x.add_argument("--hankel-reg", type=_positive_float, default=0.01, metavar="WEIGHT",
-                   help="Hankel penalty weight of the pre-training behind hankel-bt (default 0.01)")
+    x.add_argument("--hankel-reg", type=_positive_float, default=0.1, metavar="WEIGHT",
+                   help="Hankel penalty weight of the pre-training behind hankel-bt (default 0.1)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(x)

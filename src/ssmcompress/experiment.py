@@ -86,7 +86,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)   # TrainConfig keyword arguments (lr, batch_size, patience, ...)
     kernels: list = field(default_factory=lambda: ["s4d"])
     methods: list = field(default_factory=lambda: list(METHODS))
-    hankel_reg: float = 0.01        # weight of the Hankel penalty in the pre-training of hankel-bt
+    hankel_reg: float = 0.1         # weight of the Hankel penalty in the pre-training of hankel-bt (measured on digits)
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
     refit: bool | None = None       # least-squares refit of C, D after reduction (None: compress.DEFAULT_REFIT)
 
