@@ -101,8 +101,8 @@ def test_float32_modes_that_round_onto_the_unit_circle_still_compress():
     layer = model.ssm_layers()[0]
     assert (layer.discrete_system()["lam_d"].abs() >= 1).any()           # the rounded form
     assert (layer_system(layer).modes.__abs__() < 1).all()                 # the exact form
-    assert resolve_horizon("auto", layer, layer_system(layer)) is None     # stays infinite
-    small, report = compress_model(model, rank=8)
+    assert resolve_horizon("infinite", layer, layer_system(layer)) is None  # not switched to a finite horizon
+    small, report = compress_model(model, rank=8, horizon="infinite")
     assert small.state_dims == [8, 8]
     for layer in small.ssm_layers():
         assert torch.isfinite(layer.log_A_real).all() and torch.isfinite(layer.kernel(64)).all()

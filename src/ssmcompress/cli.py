@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "H2 score; modal-hinf = the largest H-infinity score (LAST)")
     c.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
                    help="Gramians over an infinite horizon or the kernel length (finite) or L taps; "
-                        "auto = infinite (layers with unstable modes always use the kernel length)")
+                        "auto = finite, the measured default (layers with unstable modes always use the kernel length)")
     c.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="refit C and D by least squares on each channel's length-L response (default on)")
     c.add_argument("--out", required=True, metavar="RUN_R", help="run folder to write")
@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="m1,m2,...", help=f"methods to run (default: {','.join(DEFAULT_METHODS)}; "
                                             f"also {','.join(METHOD_NAMES[9:])})")
     x.add_argument("--horizon", default="auto", metavar="auto|infinite|finite|L",
-                   help="Gramians of the reductions (default auto = infinite)")
+                   help="Gramians of the reductions (default auto = finite: the model's length)")
     x.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="least-squares refit of C and D after reduction (default on)")
     x.add_argument("--hankel-reg", type=_positive_float, default=0.1, metavar="WEIGHT",

@@ -25,8 +25,11 @@ from .lti.refit import impulse_response, refit_output, stabilize_modes
 METHODS = ("bt", "bsp", "h2", "modal", "modal-hinf")
 _BALANCED = ("bt", "bsp", "h2")
 _MODAL_SCORE = {"modal": "h2", "modal-hinf": "hinf"}
-#: Horizon of the Gramians when the user says "auto" (see ``resolve_horizon``).
-DEFAULT_HORIZON = "infinite"
+#: Horizon of the Gramians when the user says "auto" (see ``resolve_horizon``): the model's length.
+#: Measured without retraining (docs/results/digits/no_retrain.md, 5 seeds; mnist1d, 2 seeds): with the
+#: refit, the finite horizon was the most accurate setting at every rank (digits r = 8: 70.5 % against
+#: 44.5 % for the infinite horizon), never clearly worse, but no difference reached p < 0.05.
+DEFAULT_HORIZON = "finite"
 #: Whether C and D are refitted on the length-L kernel by default (see ``reduce_layer``).
 DEFAULT_REFIT = True
 #: Radius that modes of layers with Re(A) < 0 built in are brought inside after reduction.
@@ -107,11 +110,11 @@ def resolve_horizon(horizon, layer, sys: DiagonalSSM):
     """``None`` (infinite) or a finite length for the Gramians of ``layer``.
 
     ``horizon``: ``"infinite"`` / ``None``, ``"finite"`` (the layer's ``l_max``), a positive
-    int, or ``"auto"`` (``DEFAULT_HORIZON``).  A layer with modes on or outside the unit
+    int, or ``"auto"`` (``DEFAULT_HORIZON``; infinite for a layer without ``l_max``).  A layer with modes on or outside the unit
     circle (possible only for dss-softmax) always gets the finite horizon ``l_max``.
     """
     if horizon == "auto":
-        horizon = DEFAULT_HORIZON
+        horizon = DEFAULT_HORIZON if layer.l_max is not None else "infinite"
     unstable = not np.all(sys.stable_modes() | (sys.residues == 0))
     if horizon in ("infinite", None) and not unstable:
         return None
