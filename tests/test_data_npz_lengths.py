@@ -144,12 +144,12 @@ def test_train_evaluate_and_experiment_ignore_padding(tmp_path, capsys):
     exp = tmp_path / "exp"
     assert main(["experiment", "--data", str(tmp_path / "junk.npz"), "--ranks", "2", "--seeds", "1",
                  "--out", str(exp), *tiny]) == 0
-    pre = json.loads((exp / "seed0" / "pretrain" / "summary.json").read_text())
+    pre = json.loads((exp / "s4d" / "seed0" / "original" / "summary.json").read_text())
     own = json.loads((run / "summary.json").read_text())
     for key in ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_loss"):
         assert pre[key] == own[key], key                    # the same training, padding aside
-    comp = json.loads((exp / "seed0" / "bt_r2" / "compressed" / "summary.json").read_text())
+    comp = json.loads((exp / "s4d" / "seed0" / "r2" / "bt-compressed" / "summary.json").read_text())
     assert comp["test_accuracy_before"] == own["test_accuracy"]
     capsys.readouterr()
-    assert main(["evaluate", str(exp / "seed0" / "pretrain"), "--data", str(tmp_path / "zero.npz"), "--json"]) == 0
+    assert main(["evaluate", str(exp / "s4d" / "seed0" / "original"), "--data", str(tmp_path / "zero.npz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(own["test_loss"], rel=1e-12)

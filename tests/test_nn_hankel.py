@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssmcompress.cli import main
-from ssmcompress.compress import _default_horizon, layer_system
+from ssmcompress.compress import layer_system, resolve_horizon
 from ssmcompress.lti import hankel_singular_values
 from ssmcompress.nn import SequenceModel, SSMLayer
 from ssmcompress.nn.hankel import gramian_horizon, hankel_penalty, layer_hankel_singular_values
@@ -37,7 +37,7 @@ def _relative_error(got, ref, floor):
 def test_infinite_horizon_values_match_lti(kernel, init):
     layer = _layer(kernel, init)
     sys = layer_system(layer)
-    assert gramian_horizon(layer) is None and _default_horizon(layer, sys) is None
+    assert gramian_horizon(layer) is None and resolve_horizon("infinite", layer, sys) is None
     ref = hankel_singular_values(sys)
     got = layer_hankel_singular_values(layer).detach().numpy()
     assert got.shape == ref.shape == (6, 16)
@@ -61,7 +61,7 @@ def test_modes_near_the_unit_circle(log_re):
 def test_dss_softmax_uses_the_finite_horizon_of_compress(init):
     layer = _layer("dss-softmax", init)
     sys = layer_system(layer)
-    assert gramian_horizon(layer) == _default_horizon(layer, sys) == 120
+    assert gramian_horizon(layer) == resolve_horizon("finite", layer, sys) == 120
     ref = hankel_singular_values(sys, horizon=120)
     got = layer_hankel_singular_values(layer).detach().numpy()
     # lti forms 1 - x for x = mu_i conj(mu_j) near 1 with cancellation and pivots conjugate pairs together,
@@ -113,7 +113,7 @@ def test_float32_layer_uses_its_own_kernel_system():
     s = layer.discrete_system()
     torch.testing.assert_close(lam_d.detach().to(torch.complex64), s["lam_d"], rtol=0, atol=0)
     torch.testing.assert_close(B_d.detach().to(torch.complex64), s["B_d"])
-    ref = hankel_singular_values(layer_system(layer))  # lti gets B_d, C rounded to float32
+    ref = hankel_singular_values(layer_system(layer, exact=False))  # the rounded form: B_d, C in float32
     got = layer_hankel_singular_values(layer).detach().numpy()
     assert _relative_error(got, ref, 1e-6) < 1e-6
 

@@ -248,6 +248,8 @@ def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="aut
     refit = DEFAULT_REFIT if refit is None else bool(refit)
     sys = layer_system(layer)
     H, n = sys.batch_shape[0], sys.n_modes
+    if method in ("bsp", "h2") and horizon == "auto":        # these have no finite-horizon variant
+        horizon = "infinite"
     h = resolve_horizon(horizon, layer, sys)
     L = int(kernel_length or layer.l_max or 1024)
     hsv = bound = extra = None
@@ -320,6 +322,8 @@ def layer_values(layer, method: str = "bt", horizon="auto") -> np.ndarray:
     """
     sys = layer_system(layer)
     if method in _BALANCED:
+        if method in ("bsp", "h2") and horizon == "auto":
+            horizon = "infinite"
         hsv = hankel_singular_values(sys, horizon=resolve_horizon(horizon, layer, sys))
         v = hsv[:, 0::2] + hsv[:, 1::2]
     else:

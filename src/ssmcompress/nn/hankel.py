@@ -173,9 +173,11 @@ def _finite_horizon_factor(mu, g, L: int, rtol: float):
 
 
 def gramian_horizon(layer):
-    """``None`` (infinite-horizon Gramians) or the layer's ``l_max`` (finite horizon), as ``compress`` chooses.
+    """``None`` (infinite-horizon Gramians) or the layer's ``l_max`` (finite horizon) of the penalty.
 
-    Finite horizon for dss-softmax layers and for any layer with a mode on or outside the unit circle.
+    Infinite horizon for stable layers (the values behind balanced truncation's H-infinity bound, and
+    the cheap, stable factorisation); finite horizon for dss-softmax layers and for any layer with a
+    mode on or outside the unit circle.  (``compress`` reduces over ``l_max`` by default.)
     """
     if layer.kernel_name != "dss-softmax":
         with torch.no_grad():
