@@ -157,7 +157,7 @@ def batch_rows(a, index, device):
 @torch.no_grad()
 def evaluate(model, x, y, lengths=None, task: str = "classification", batch_size: int = 256,
              device: torch.device | None = None) -> dict:
-    """Mean loss and accuracy of ``model`` (eval mode) on arrays ``x, y`` (numpy or torch)."""
+    """Mean loss and accuracy of ``model`` (eval mode) on ``x, y`` (numpy, torch or StoredSequences), per batch."""
     device = device or next(model.parameters()).device
     if len(x) == 0:
         raise ValueError("cannot evaluate on an empty split; the dataset has no samples there.")
