@@ -132,6 +132,11 @@ def test_param_groups_follow_the_s4_convention():
     opt = torch.optim.AdamW(groups)
     model(torch.randn(2, 10, 1)).pow(2).mean().backward()
     opt.step()
+    # the grouping reads the layers' _optim marks: it survives dtype moves and compression's write-back
+    from ssmcompress.compress import compress_model
+    for m in (model.double(), compress_model(model, rank=2)[0]):
+        ssm = next(g for g in param_groups(m, TrainConfig()) if g["name"] == "ssm")
+        assert {id(p) for p in ssm["params"]} == {id(p) for p in m.ssm_parameters()} and ssm["params"]
 
 
 def _tiny_model(data, seed=0):

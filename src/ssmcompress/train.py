@@ -98,13 +98,16 @@ def distributed() -> tuple[int, int]:
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """S4 convention: A, B, dt at ``ssm_lr`` without weight decay; biases and norms without decay."""
-    ssm_ids = {id(p) for p in model.ssm_parameters()}
+    """S4 convention: A, B, dt at ``ssm_lr`` without weight decay; biases and norms without decay.
+
+    The SSM parameters are the ones their layer marks with ``p._optim`` (as in the S4 reference
+    code): that attribute is the one source of truth for the grouping.
+    """
     ssm, decay, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if id(p) in ssm_ids:
+        if getattr(p, "_optim", None) is not None:
             ssm.append(p)
         elif p.ndim <= 1 or name.endswith(".bias"):
             no_decay.append(p)
