@@ -203,6 +203,9 @@ def test_cli_method_names_match_the_experiment():
     from ssmcompress.cli import DEFAULT_METHODS, METHOD_NAMES
     assert tuple(METHOD_NAMES) == tuple(exp_mod.ALL_METHODS)
     assert tuple(DEFAULT_METHODS) == tuple(exp_mod.METHODS)
+    from ssmcompress.cli import REDUCTIONS
+    from ssmcompress.compress import METHODS as COMPRESS_METHODS
+    assert tuple(REDUCTIONS) == tuple(COMPRESS_METHODS)
 
 
 def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):

@@ -18,6 +18,7 @@ METHOD_NAMES = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin",
                 "original-continued", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
                 "hankel-bt", "hankel-bt-noretrain", "in-training")
 DEFAULT_METHODS = METHOD_NAMES[:9]
+REDUCTIONS = ("bt", "bsp", "h2", "modal", "modal-hinf")      # compress.METHODS, without importing torch for --help
 INITS = ("legs", "lin", "inv", "real", "random")
 
 
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reduce every layer to real order r during training, in geometric steps")
     g.add_argument("--reduce-at", type=_int_list, metavar="E1,E2,...",
                    help="epochs after which to reduce (the last one reaches --reduce-to; all below --epochs)")
-    g.add_argument("--reduce-method", choices=("bt", "bsp", "h2", "modal", "modal-hinf"), default="bt",
+    g.add_argument("--reduce-method", choices=REDUCTIONS, default="bt",
                    help="reduction used in training (default bt)")
     h.add_argument("--hankel-reg", type=_nonneg_float, default=0.0, metavar="WEIGHT",
                    help="add WEIGHT x the mean over all channels of all SSM layers of their Hankel singular values "
@@ -515,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --rank: stored modes per channel summed over layers (integer), or a fraction in "
                         "(0, 1) of the model's; per-layer sizes from one global threshold on layer-normalised "
                         "Hankel singular values (balanced methods) or mode scores (modal methods, as LAST)")
-    c.add_argument("--method", choices=("bt", "bsp", "h2", "modal", "modal-hinf"), default="bt",
+    c.add_argument("--method", choices=REDUCTIONS, default="bt",
                    help="bt = balanced truncation (default); bsp = balanced singular perturbation (matches the DC "
                         "gain); h2 = IRKA H2-optimal reduction started from BT; modal = keep the modes with the largest "
                         "H2 score; modal-hinf = the largest H-infinity score (LAST)")

@@ -106,15 +106,16 @@ def layer_system(layer, exact: bool = True) -> DiagonalSSM:
                        dt=to_np(s["dt"]), domain="discrete")
 
 
-def resolve_horizon(horizon, layer, sys: DiagonalSSM):
+def resolve_horizon(horizon, layer, sys: DiagonalSSM, method: str = "bt"):
     """``None`` (infinite) or a finite length for the Gramians of ``layer``.
 
     ``horizon``: ``"infinite"`` / ``None``, ``"finite"`` (the layer's ``l_max``), a positive
-    int, or ``"auto"`` (``DEFAULT_HORIZON``; infinite for a layer without ``l_max``).  A layer with modes on or outside the unit
+    int, or ``"auto"`` (``DEFAULT_HORIZON``; infinite for a layer without ``l_max`` and for ``method``
+    bsp and h2).  A layer with modes on or outside the unit
     circle (possible only for dss-softmax) always gets the finite horizon ``l_max``.
     """
-    if horizon == "auto":
-        horizon = DEFAULT_HORIZON if layer.l_max is not None else "infinite"
+    if horizon == "auto":                 # bsp and h2 have no finite-horizon variant
+        horizon = DEFAULT_HORIZON if layer.l_max is not None and method not in ("bsp", "h2") else "infinite"
     unstable = not np.all(sys.stable_modes() | (sys.residues == 0))
     if horizon in ("infinite", None) and not unstable:
         return None
@@ -248,9 +249,7 @@ def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="aut
     refit = DEFAULT_REFIT if refit is None else bool(refit)
     sys = layer_system(layer)
     H, n = sys.batch_shape[0], sys.n_modes
-    if method in ("bsp", "h2") and horizon == "auto":        # these have no finite-horizon variant
-        horizon = "infinite"
-    h = resolve_horizon(horizon, layer, sys)
+    h = resolve_horizon(horizon, layer, sys, method)
     L = int(kernel_length or layer.l_max or 1024)
     hsv = bound = extra = None
     if method in ("bsp", "h2") and h is not None:   # no finite-horizon variant of these
@@ -322,9 +321,7 @@ def layer_values(layer, method: str = "bt", horizon="auto") -> np.ndarray:
     """
     sys = layer_system(layer)
     if method in _BALANCED:
-        if method in ("bsp", "h2") and horizon == "auto":
-            horizon = "infinite"
-        hsv = hankel_singular_values(sys, horizon=resolve_horizon(horizon, layer, sys))
+        hsv = hankel_singular_values(sys, horizon=resolve_horizon(horizon, layer, sys, method))
         v = hsv[:, 0::2] + hsv[:, 1::2]
     else:
         sc = layer_mode_scores(sys, _MODAL_SCORE[method])

@@ -197,6 +197,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
     from tqdm.auto import tqdm
 
     from .data import load_dataset
+    from .nn import SequenceModel
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -219,7 +220,6 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
         tc = lambda epochs: TrainConfig(**{**cfg.train, "epochs": epochs, "seed": seed})
         kw = lambda n, init: {**base, "kernel": kernel, "state_dim": n, "init": init}
         if kind == "original":
-            from .nn import SequenceModel
             summ = _train_run(pre, lambda: SequenceModel(**kw(cfg.state_dim, "legs")), tc(cfg.epochs), data, run_cfg)
             rows.append(_row("original", kernel, cfg.state_dim, seed, True, summ, pre))
         elif kind == "original-continued":
@@ -228,14 +228,12 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
                               {**run_cfg, "init_from": str(pre)})
             rows.append(_row(kind, kernel, cfg.state_dim, seed, True, summ, folder))
         elif kind == "original-hankel":
-            from .nn import SequenceModel
             folder = seed_dir / "original-hankel"
             summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
                               TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
                                              "hankel_reg": cfg.hankel_reg}), data, run_cfg)
             rows.append(_row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder))
         elif kind == "in-training":
-            from .nn import SequenceModel
             folder = seed_dir / f"r{r}" / "in-training"
             at = sorted({max(1, math.ceil(cfg.epochs * k / 3)) for k in (1, 2, 3)})
             summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
@@ -263,7 +261,6 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
                 make = lambda: _warm_start(pre, kw(r, "legs"))
                 extra = {"init_from": str(pre), "warm_start": "non-SSM weights"}
             else:
-                from .nn import SequenceModel
                 make = lambda: SequenceModel(**kw(r, "legs" if kind == "legs-budget" else kind))
                 extra = {}
             epochs = cfg.epochs + main_epochs if kind == "legs-budget" else main_epochs

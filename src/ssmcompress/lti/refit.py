@@ -145,7 +145,7 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10, ridge=1e-3):
         scale = np.where(dead | (scale == 0), 1.0, scale)
         Phis = Phi / scale
         z0 = np.concatenate([C0[sl].real, C0[sl].imag] + ([Dnew[sl, None]] if fit_D else []), -1) * scale[:, 0, :]
-        z0 = np.where(dead[:, 0, :], 0.0, z0)
+        z0 = np.where(dead[:, 0, :] | (ridge == 0), 0.0, z0)   # ridge = 0: minimum-norm least squares
         U, S, Vh = np.linalg.svd(Phis, full_matrices=False)                 # (c, L, p), (c, p), (c, p, p)
         smax = S[:, :1]
         alpha = (ridge * smax) ** 2
@@ -153,9 +153,7 @@ def refit_output(sys, target, fit_D=True, active=None, rcond=1e-10, ridge=1e-3):
         gain = np.where(keep, S / np.where(keep, S * S + alpha, 1.0), 0.0)
         resid = y[sl] - (Phis @ z0[..., None])[..., 0]
         dz = (Vh.swapaxes(-1, -2) @ (gain * (U.swapaxes(-1, -2) @ resid[..., None])[..., 0])[..., None])[..., 0]
-        # ridge = 0: minimum-norm least squares (the step from z0 removes the part of z0 in the null space too)
-        z = z0 + dz if ridge > 0 else (Vh.swapaxes(-1, -2) @ (gain * (U.swapaxes(-1, -2) @ y[sl, :, None])[..., 0])[..., None])[..., 0]
-        coef = z / scale[:, 0, :]
+        coef = (z0 + dz) / scale[:, 0, :]
         Cnew[sl] = np.where(act[sl], coef[:, :n] + 1j * coef[:, n:2 * n], 0.0)
         if fit_D:
             Dnew[sl] = coef[:, 2 * n]
