@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from ssmcompress import experiment as exp_mod
-from ssmcompress.experiment import comparisons, correlation, paired_comparison, still_rising, verdicts
+from ssmcompress.experiment import (comparisons, correlation, paired_comparison, parent_losses, rank_matrix, still_rising,
+                                   summarize, verdicts)
 
 
 def test_paired_comparison_closed_form():
@@ -93,6 +94,40 @@ def test_comparisons_pair_by_seed_and_check_sizes():
     rows = [r for r in _rows() if not (r["method"] == "legs" and r["seed"] == 4)]
     c = next(c for c in comparisons(rows) if c["method"] == "bt" and c["reference"] == "legs")
     assert c["n"] == 4
+
+
+def test_parent_losses_pair_each_compressed_run_with_its_own_parent():
+    rows = _rows()
+    for seed in range(5):
+        base = {"kernel": "s4d", "seed": seed, "retrained": True, "ssm_params": 800, "params": 1200,
+                "state_dims": [64, 64]}
+        rows.append({**base, "method": "original", "state_dim": 64, "test_accuracy": 0.95})
+        rows.append({**base, "method": "original-hankel", "state_dim": 64, "test_accuracy": 0.80 + 0.01 * seed})
+        rows.append({**base, "method": "hankel-bt-noretrain", "state_dim": 8, "retrained": False,
+                     "test_accuracy": 0.79 + 0.01 * seed})
+    losses = {c["method"]: c for c in parent_losses(rows)}
+    assert set(losses) == {"bt", "hankel-bt-noretrain"}           # legs has no parent; the originals are parents
+    assert losses["bt"]["parent"] == "original" and losses["bt"]["n"] == 5
+    assert losses["bt"]["mean_diff"] == pytest.approx(np.mean([0.9, 0.91, 0.92, 0.9, 0.93]) - 0.95)
+    h = losses["hankel-bt-noretrain"]
+    assert h["parent"] == "original-hankel" and h["mean_diff"] == pytest.approx(-0.01)
+    assert h["parent_mean"] == pytest.approx(0.82)
+
+
+def test_rank_matrix_shows_accuracy_difference_and_p():
+    rows = _rows()
+    rows += [{**r, "state_dim": 16, "test_accuracy": r["test_accuracy"] + 0.01} for r in _rows()]
+    text = rank_matrix(summarize(rows), comparisons(rows), "s4d")
+    head, _, *body = text.splitlines()
+    assert head == "| method | r = 16 | r = 8 |"
+    bt = next(line for line in body if line.startswith("| BT + main training |"))
+    c = next(c for c in comparisons(rows) if c["method"] == "bt" and c["reference"] == "legs-budget"
+             and c["state_dim"] == 8)
+    assert f"{100 * np.mean([0.9, 0.91, 0.92, 0.9, 0.93]):.2f} %" in bt
+    assert f"({100 * c['mean_diff']:+.2f}, p = " in bt
+    budget = next(line for line in body if line.startswith("| Skew-HiPPO, equal total budget |"))
+    assert "p =" not in budget                                   # no comparison of the reference with itself
+    assert rank_matrix(summarize(rows), comparisons(rows), "dss-exp") == ""
 
 
 def test_verdicts_say_does_not_beat_plainly():

@@ -108,7 +108,8 @@ def test_float32_layer_uses_its_own_kernel_system():
     """A float32 layer: the penalty sees lam_d rounded as the kernel does, B_d and C unrounded."""
     torch.manual_seed(1)
     layer = SSMLayer(4, 16, kernel="s4d", init="legs")
-    lam_d, B_d, C = layer.discrete_modes()
+    sys = layer.system()
+    lam_d, B_d, C = sys.lam_d, sys.B_d, sys.C
     assert lam_d.dtype == torch.complex128 and lam_d.requires_grad
     s = layer.discrete_system()
     torch.testing.assert_close(lam_d.detach().to(torch.complex64), s["lam_d"], rtol=0, atol=0)

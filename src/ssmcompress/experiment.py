@@ -363,6 +363,63 @@ def comparisons(rows: list[dict]) -> list[dict]:
     return out
 
 
+def parent_losses(rows: list[dict]) -> list[dict]:
+    """Every compressed method against its own parent (the N model it was reduced from), paired by seed.
+
+    The parent is ``original`` (``original-hankel`` for the ``hankel-bt`` methods).  A negative mean is the
+    accuracy that compression cost; a significantly positive one after main training needs an explanation
+    (more training, an unconverged parent), which is what ``original-continued`` provides.
+    """
+    by = {}
+    for r in rows:
+        by.setdefault((r.get("kernel", "s4d"), r["method"], r["state_dim"]), {})[r["seed"]] = r
+    parents = {}
+    for r in rows:
+        if r["method"] in ("original", "original-hankel"):
+            parents.setdefault((r.get("kernel", "s4d"), r["method"]), {})[r["seed"]] = r
+    out = []
+    for (kernel, method, n), seeds in sorted(by.items()):
+        if method not in _COMPRESSED:
+            continue
+        parent = "original-hankel" if method.startswith("hankel-") else "original"
+        other = parents.get((kernel, parent), {})
+        common = sorted(set(seeds) & set(other))
+        if not common:
+            continue
+        a = [seeds[s]["test_accuracy"] for s in common]
+        b = [other[s]["test_accuracy"] for s in common]
+        out.append({"kernel": kernel, "method": method, "parent": parent, "state_dim": n,
+                    "parent_mean": float(np.mean(b)), **paired_comparison(a, b)})
+    return out
+
+
+def rank_matrix(table: list[dict], comps: list[dict], kernel: str, reference: str = "legs-budget") -> str:
+    """Methods by rank: mean test accuracy, and the paired difference against ``reference`` with its t-test p."""
+    ranks = sorted({t["state_dim"] for t in table if t["kernel"] == kernel and t["method"] not in
+                    ("original", "original-continued", "original-hankel")}, reverse=True)
+    if not ranks:
+        return ""
+    cell = {(t["method"], t["state_dim"]): t for t in table if t["kernel"] == kernel}
+    comp = {(c["method"], c["state_dim"]): c for c in comps if c["kernel"] == kernel and c["reference"] == reference}
+    methods = [m for m in dict.fromkeys(t["method"] for t in table if t["kernel"] == kernel)
+               if m not in ("original", "original-continued", "original-hankel")]
+    lines = ["| method | " + " | ".join(f"r = {r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
+    for m in methods:
+        cells = []
+        for r in ranks:
+            t = cell.get((m, r))
+            if t is None:
+                cells.append("-")
+                continue
+            txt = f"{100 * t['mean']:.2f} %"
+            c = comp.get((m, r))
+            if c is not None and c["t_p"] is not None:
+                txt += f" ({100 * c['mean_diff']:+.2f}, p = {_fmt_p(c['t_p'])})"
+            cells.append(txt)
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def correlations(rows: list[dict]) -> list[dict]:
     """Original against compressed accuracy over seeds, per kernel, compressed method and rank."""
     orig = {(r.get("kernel", "s4d"), r["seed"]): r["test_accuracy"] for r in rows if r["method"] == "original"}
@@ -525,6 +582,7 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
     table = summarize(rows)
     comps = comparisons(rows)
     corr = correlations(rows)
+    losses = parent_losses(rows)
     major = majority_rate(data)
     main_epochs = cfg.main_epochs or cfg.epochs
     patience = cfg.train.get("patience", 0)
@@ -563,6 +621,22 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
         else:
             lines += ["### Convergence", "", "No run was still rising at its end.", ""]
         kc = [c for c in comps if c["kernel"] == kernel]
+        lines += ["### Methods by rank", "",
+                  f"Mean test accuracy; in brackets the paired difference against {_label('legs-budget')} (points) "
+                  "and its paired t-test p.", "", rank_matrix(table, comps, kernel), ""]
+        kp = [c for c in losses if c["kernel"] == kernel]
+        if kp:
+            lines += ["### Compressed against its own parent (method − parent, per seed)", "",
+                      "| r | method | parent (mean) | n | mean diff (points) | 95 % CI | paired t p | wins/losses |",
+                      "|---:|---|---|---:|---:|---|---:|---:|"]
+            for c in sorted(kp, key=lambda c: (-c["state_dim"], c["method"])):
+                ci = "n/a" if c["ci_low"] is None else f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+                lines.append(f"| {c['state_dim']} | {_label(c['method'])} | {_label(c['parent'])} "
+                             f"({100 * c['parent_mean']:.2f} %) | {c['n']} | {100 * c['mean_diff']:+.2f} | {ci} | "
+                             f"{_fmt_p(c['t_p'])} | {c['wins']}/{c['losses']} |")
+            lines += ["", "Without retraining this is the accuracy compression costs. After main training a positive "
+                      "difference is more training, not compression: compare with "
+                      f"{_label('original-continued')}.", ""]
         lines += ["### Paired comparisons (method − reference, per seed)", "", comparison_table(kc), "",
                   "A method wins when the paired difference is positive with p < 0.05. With n = 5 seeds the exact "
                   "two-sided Wilcoxon signed-rank p cannot fall below 0.0625 (n = 6: 0.031), so it confirms only "
@@ -593,7 +667,7 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
                       f"![impulse and frequency responses before and after BT to r={r_show}](responses_{kernel}.png)", "",
                       f"![original against compressed accuracy](correlation_{kernel}.png)", ""]
     ckpt.write_text(out / "report.md", "\n".join(lines))
-    ckpt.write_json(out / "summary.json", {"table": table, "comparisons": comps, "correlations": corr,
+    ckpt.write_json(out / "summary.json", {"table": table, "comparisons": comps, "correlations": corr, "parent_losses": losses,
                                            "majority_rate": major, "wall_s": wall_s})
 
 

@@ -6,7 +6,7 @@ contract).  Its Hankel singular values are those of the *conjugate closure*
 
     mu = [lam_d; conj(lam_d)],   beta = [B_d; conj(B_d)],   gamma = [C, conj(C)]     (m = 2n)
 
-in the discrete form the layer's kernel uses (``SSMLayer.discrete_modes``: the same lam_d, B_d, C
+in the discrete form the layer's kernel uses (``SSMLayer.system()``: the same lam_d, B_d, C
 as ``kernel``, including the rounding of lam_d to the layer's precision).  With Gramian factors
 ``P = Lp Lp^*`` and ``Q = Lq Lq^*`` they are ``svdvals(Lq^* Lp)``; everything is float64/complex128
 and batched over all channels of all layers that share a size.
@@ -181,8 +181,7 @@ def gramian_horizon(layer):
     """
     if layer.kernel_name != "dss-softmax":
         with torch.no_grad():
-            lam_d, _, _ = layer.discrete_modes()
-            if bool((lam_d.abs() < 1).all()):
+            if bool((layer.system().lam_d.abs() < 1).all()):
                 return None
     if layer.l_max is None:
         raise ValueError(
@@ -237,8 +236,8 @@ def layer_hankel_singular_values(layer, horizon="auto"):
     """
     (layer,) = _check_layers(layer)
     h = _resolve_horizon(layer, horizon)
-    lam_d, B_d, C = layer.discrete_modes()
-    return _closure_hsv(lam_d, B_d, C, h)
+    sys = layer.system()
+    return _closure_hsv(sys.lam_d, sys.B_d, sys.C, h)
 
 
 def _resolve_horizon(layer, horizon):
@@ -246,7 +245,7 @@ def _resolve_horizon(layer, horizon):
         return gramian_horizon(layer)
     if horizon is None:
         with torch.no_grad():
-            if not bool((layer.discrete_modes()[0].abs() < 1).all()):
+            if not bool((layer.system().lam_d.abs() < 1).all()):
                 raise ValueError("infinite-horizon Gramians need every mode inside the unit circle (|lam_d| < 1); "
                                  "pass horizon=L or 'auto'.")
         return None
@@ -281,8 +280,8 @@ def hankel_penalty(model, order=None, horizon="auto"):
         groups.setdefault((layer.n_modes, h), []).append(layer)
     total, channels = None, 0
     for (_, h), members in groups.items():
-        parts = [layer.discrete_modes() for layer in members]
-        lam_d, B_d, C = (torch.cat([p[i] for p in parts], 0) for i in range(3))
+        systems = [layer.system() for layer in members]
+        lam_d, B_d, C = (torch.cat([getattr(s, k) for s in systems], 0) for k in ("lam_d", "B_d", "C"))
         hsv = _closure_hsv(lam_d, B_d, C, h)
         tail = hsv.sum() if order is None else hsv[:, int(order):].sum()
         total = tail if total is None else total + tail

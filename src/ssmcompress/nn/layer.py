@@ -34,16 +34,8 @@ import torch
 from torch import nn
 
 from .init import INITS, initial_modes
-from .kernels import (
-    DEFAULT_MAX_ELEMENTS,
-    KERNELS,
-    check_kernel_name,
-    discrete_B,
-    discretize,
-    log_row_sum,
-    undiscretize,
-    vandermonde_kernel,
-)
+from .kernels import DEFAULT_MAX_ELEMENTS, KERNELS, check_kernel_name, discretize, log_row_sum, undiscretize
+from .system import DiscreteSystem
 
 __all__ = ["SSMLayer"]
 
@@ -179,7 +171,7 @@ class SSMLayer(nn.Module):
 
     # ------------------------------------------------------------------ systems
     def _continuous(self):
-        """lam, B, C complex128 (H, n) and dt float64 (H,), differentiable."""
+        """Decode the stored parameters: lam, B, C complex128 (H, n) and dt float64 (H,), differentiable."""
         f64 = torch.float64
         re = -torch.exp(self.log_A_real.to(f64)) if self.constrained else self.A_real.to(f64)
         lam = torch.complex(re, self.A_imag.to(f64))
@@ -187,62 +179,41 @@ class SSMLayer(nn.Module):
         C = torch.view_as_complex(self.C.to(f64).contiguous())
         return lam, B, C, torch.exp(self.log_dt.to(f64))
 
-    def _discrete(self):
-        """lam_d (rounded to the layer's precision), log B_d scale, B_d core, C, all complex128."""
+    def system(self, exact: bool = False) -> DiscreteSystem:
+        """The layer's discrete system, differentiable, complex128: the one source of everything it computes.
+
+        ``exact=False`` (what ``kernel`` and ``step`` use): ``lam_d`` is rounded to the layer's
+        precision, because the recurrence multiplies by exactly that number and the kernel must
+        use its powers so that both modes agree over long sequences (dss-softmax renormalises the
+        rounded mode).  ``exact=True``: the discretisation of the stored parameters in complex128;
+        in float32 a mode with ``|Re A| dt`` below ~3e-8 rounds to ``|lam_d| = 1`` while its exact
+        ``lam_d`` stays inside the unit circle, which is what model reduction needs.
+        ``D`` is the layer's own parameter; ``dt`` is float64.
+        """
         lam, B, C, dt = self._continuous()
         lam_d, log_scale, B_core = discretize(self.kernel_name, lam, B, dt, self.l_max)
         cdt = _COMPLEX.get(self.D.dtype, torch.complex64)
-        if cdt != torch.complex128:
-            # The recurrence multiplies by lam_d in the layer's precision: the kernel uses the
-            # powers of exactly that number, so that both modes agree over long sequences.
+        if not exact and cdt != torch.complex128:
             lam_d = lam_d.to(cdt).to(torch.complex128)
             if log_scale is not None:  # dss-softmax: normalise the row of the rounded mode
                 log_scale = -log_row_sum(torch.log(lam_d), self.l_max)
-        return lam_d, log_scale, B_core, C
+        return DiscreteSystem(lam_d, B_core, log_scale, C, self.D, dt)
 
     def kernel(self, L: int) -> torch.Tensor:
         """Convolution kernel (H, L) in the layer's dtype (without the D skip)."""
-        lam_d, log_scale, B_core, C = self._discrete()
-        return vandermonde_kernel(
-            C * B_core, torch.log(lam_d), int(L), self.D.dtype, log_scale, self.max_kernel_elements
-        )
+        return self.system().kernel(int(L), self.D.dtype, self.max_kernel_elements)
 
-    def discrete_modes(self):
-        """Differentiable ``(lam_d, B_d, C)``, complex128 (H, n): the system ``kernel`` uses (for penalties).
-
-        Same values as :meth:`discrete_system` (which detaches them): the dss-softmax
-        normalisation is folded into ``B_d``.
-        """
-        lam_d, log_scale, B_core, C = self._discrete()
-        return lam_d, discrete_B(log_scale, B_core), C
-
-    def discrete_system(self, exact: bool = False):
-        """Detached ``dict(lam_d, B_d, C, D, dt)``: complex (H, n) and real (H,) tensors.
+    def discrete_system(self, exact: bool = False) -> DiscreteSystem:
+        """The detached :class:`DiscreteSystem` (also a mapping over ``lam_d, B_d, C, D, dt``).
 
         ``kernel(L)[h, l] == 2 Re(sum_i C[h,i] B_d[h,i] lam_d[h,i]**l)``; for dss-softmax
-        the normalisation over ``l_max`` is folded into ``B_d``.
-
-        ``exact=True``: the discretisation of the stored (continuous) parameters in
-        complex128, not rounded to the layer's precision.  In float32 a mode with
-        ``|Re A| dt`` below ~3e-8 rounds to ``|lam_d| = 1``; its exact ``lam_d`` stays
-        inside the unit circle, which is what model reduction needs.
+        the normalisation over ``l_max`` is folded into ``B_d``.  ``exact=False``: in the
+        layer's precision (complex64 and float32 for a float32 layer).  ``exact=True``:
+        complex128/float64 from the stored parameters (see :meth:`system`).
         """
         with torch.no_grad():
-            if exact:
-                lam, B, C, dt = self._continuous()
-                lam_d, log_scale, B_core = discretize(self.kernel_name, lam, B, dt, self.l_max)
-                return dict(lam_d=lam_d.clone(), B_d=discrete_B(log_scale, B_core).clone(), C=C.clone(),
-                            D=self.D.detach().to(torch.float64).clone(), dt=dt.clone())
-            lam_d, log_scale, B_core, C = self._discrete()
-            _, _, _, dt = self._continuous()
-            cdt = _COMPLEX.get(self.D.dtype, torch.complex64)
-            return dict(
-                lam_d=lam_d.detach().to(cdt).clone(),
-                B_d=discrete_B(log_scale, B_core).detach().to(cdt).clone(),
-                C=C.detach().to(cdt).clone(),
-                D=self.D.detach().clone(),
-                dt=dt.detach().to(self.D.dtype).clone(),
-            )
+            sys = self.system(exact=exact).detach()
+        return sys.with_precision(torch.float64 if exact else self.D.dtype)
 
     def load_discrete_system(self, lam_d, B_d, C, D):
         """Replace the SSM by the discrete system ``(lam_d, B_d, C, D)`` (any number of modes n).
@@ -323,25 +294,13 @@ class SSMLayer(nn.Module):
     def step_parameters(self):
         """Real tensors of the recurrence: lam_re, lam_im, B_re, B_im, C_re, C_im (H, n) and D (H,).
 
-        For dss-softmax modes with ``|lam_d| > 1`` the state is rescaled (B by g, C by 1/g,
-        ``g = |lam_d|**((l_max-1)/2)``) so that it stays within range over ``l_max`` steps.
+        The real-arithmetic view of ``system().step_form(l_max)``: for dss-softmax modes with
+        ``|lam_d| > 1`` the state is rescaled (B by g, C by 1/g, ``g = |lam_d|**((l_max-1)/2)``)
+        so that it stays within range over ``l_max`` steps.
         """
         if self._step_cache is not None:
             return self._step_cache
-        lam_d, log_scale, B_core, C = self._discrete()
-        if self.kernel_name == "dss-softmax":
-            g = torch.clamp(torch.log(lam_d).real, min=0.0) * (0.5 * (self.l_max - 1))
-            B_d = B_core * torch.exp(log_scale + g)
-            C = C * torch.exp(-g)
-        else:
-            B_d = discrete_B(log_scale, B_core)
-        dtype = self.D.dtype
-        return dict(
-            lam_re=lam_d.real.to(dtype), lam_im=lam_d.imag.to(dtype),
-            B_re=B_d.real.to(dtype), B_im=B_d.imag.to(dtype),
-            C_re=C.real.to(dtype), C_im=C.imag.to(dtype),
-            D=self.D,
-        )
+        return self.system().step_form(self.l_max).real_parts(self.D.dtype)
 
     def setup_step(self):
         """Cache the (detached) recurrence parameters for fast stepping; call again after any parameter change."""
