@@ -55,6 +55,7 @@ _nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
 _nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "non-negative and finite")
 _fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_share = _number(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 
 
 def _budget(text: str):
@@ -157,7 +158,7 @@ def cmd_train(args) -> int:
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
-                           reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
+                           hankel_sample=args.hankel_sample, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -186,6 +187,8 @@ def cmd_train(args) -> int:
 
 
 def _check_hankel_args(args, model) -> None:
+    if args.hankel_sample != 1.0 and args.hankel_reg == 0:
+        raise UserError("--hankel-sample needs --hankel-reg WEIGHT > 0 (the penalty it samples).")
     if args.hankel_order is not None and args.hankel_reg == 0:
         raise UserError("--hankel-order needs --hankel-reg WEIGHT > 0 (the weight of the penalty it selects).")
     if args.hankel_order is not None and args.hankel_order >= max(model.state_dims):
@@ -479,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hankel-order", type=_nonneg_int, default=None, metavar="r",
                    help="penalise only the Hankel singular values beyond real order r, the ones truncation to r "
                         "discards (default: all of them, the Hankel nuclear norm)")
+    h.add_argument("--hankel-sample", type=_share, default=1.0, metavar="FRACTION",
+                   help="compute the penalty on this fraction of the channels per step, drawn at random (an "
+                        "unbiased estimate of the mean over all channels, at about FRACTION of the cost; "
+                        "default 1: every channel)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder on a split",

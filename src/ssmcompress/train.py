@@ -43,6 +43,7 @@ class TrainConfig:
     reduce_method: str = "bt"      # compress.METHODS
     hankel_reg: float = 0.0    # weight of the Hankel penalty (nn.hankel.hankel_penalty); 0 disables it
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
+    hankel_sample: float = 1.0  # fraction of channels the penalty draws per step (unbiased estimate; 1 = all)
 
     def __post_init__(self):
         checks = [
@@ -58,6 +59,8 @@ class TrainConfig:
             ("hankel_reg", self.hankel_reg >= 0 and math.isfinite(self.hankel_reg), "a non-negative finite number"),
             ("hankel_order", self.hankel_order is None or (isinstance(self.hankel_order, int)
                                                            and self.hankel_order >= 0), "None or a non-negative integer"),
+            ("hankel_sample", isinstance(self.hankel_sample, (int, float)) and not isinstance(self.hankel_sample, bool)
+             and 0 < self.hankel_sample <= 1, "a fraction of the channels in (0, 1]"),
         ]
         from .compress import METHODS as REDUCTIONS
         ra = list(self.reduce_at)
@@ -311,7 +314,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             # gradient of the global-batch mean after DDP's average over ranks
             loss = loss_sum * (world / n_global)
             if cfg.hankel_reg > 0:  # the same penalty on every rank: DDP's average keeps it
-                penalty = hankel_penalty(model, cfg.hankel_order)
+                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample)
                 loss = loss + cfg.hankel_reg * penalty.to(loss.dtype)
                 run_penalty += float(penalty.detach())
             loss.backward()

@@ -134,10 +134,31 @@ def _kernel(mu, discrete, horizon):
     mi, mj = mu[..., :, None], mu[..., None, :]
     if not discrete:
         return 1.0 / -(mi + mj.conj())
+    dd = one_minus_abs2(mu)
     if horizon is None:
-        dd = one_minus_abs2(mu)
         return 1.0 / disc_den(mi, mj, dd[..., :, None], dd[..., None, :])
-    return geometric_sum(mi * mj.conj(), horizon)
+    return _node_geometric_sum(mi, mj, dd[..., :, None], dd[..., None, :], horizon)
+
+
+def _node_geometric_sum(x, y, dd_x, dd_y, L):
+    """``sum_{k<L} (x conj(y))^k`` for nodes x, y without forming ``x conj(y) - 1`` by subtraction.
+
+    ``w = x conj(y) - 1`` comes from :func:`disc_den` and ``log(x conj(y))`` from ``log|x| = log1p(-dd_x)/2``
+    and the wrapped argument difference, so both keep full relative accuracy for modes near the unit
+    circle (where :func:`geometric_sum` of the product loses ``eps / |w|``): the sum is
+    ``L expm1(z)/z * log(1 + w)/w`` with ``z = L log(1 + w)``.  A zero node gives 1 (only ``k = 0``).
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, np.complex128), np.asarray(y, np.complex128))
+    zero = (x == 0) | (y == 0)
+    w = -disc_den(x, y, dd_x, dd_y)
+    with np.errstate(all="ignore"):
+        log_abs = 0.5 * (np.log1p(-np.asarray(dd_x, float)) + np.log1p(-np.asarray(dd_y, float)))
+        arg = np.remainder(np.angle(x) - np.angle(y) + np.pi, 2 * np.pi) - np.pi
+        log_x = log_abs + 1j * arg
+        small = np.abs(w) < 1e-8
+        r = np.where(small, 1.0 - 0.5 * w, log_x / np.where(small, 1.0, w))
+        s = L * _safe_expm1_over(L * log_x) * r
+    return np.where(zero, 1.0 + 0j, s)
 
 
 def _log1p_over(w):
