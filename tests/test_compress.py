@@ -228,6 +228,31 @@ def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     assert next(r for r in rows if r["method"] == "in-training")["max_epochs"] == 4      # epochs + main epochs
 
 
+def test_experiment_layer_adaptive_methods_match_the_total_size(tmp_path, capsys):
+    """bt-adaptive and last split layers x r/2 stored modes between the layers by one global threshold:
+    per-layer sizes may differ from the uniform r, parameter counts and the total state may not."""
+    out = tmp_path / "exp"
+    argv = ["experiment", "--data", "digits", "--state-dim", "16", "--ranks", "4", "--seeds", "1", "--epochs", "2",
+            "--main-epochs", "1", "--d-model", "6", "--layers", "3", "--batch-size", "256",
+            "--methods", "legs,bt-adaptive,last", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"original", "legs", "bt-adaptive", "bt-adaptive-noretrain", "last",
+                                           "last-noretrain"}
+    legs = next(r for r in rows if r["method"] == "legs")
+    assert legs["state_dims"] == [4, 4, 4]
+    for r in rows:
+        if r["method"] not in ("original", "legs"):
+            assert sum(r["state_dims"]) == 12 and r["ssm_params"] == legs["ssm_params"] and r["params"] == legs["params"]
+    for name, method in (("bt-adaptive", "bt"), ("last", "modal-hinf")):
+        comp = json.loads((out / "s4d" / "seed0" / "r4" / f"{name}-compressed" / "summary.json").read_text())
+        assert comp["method"] == method and comp["budget"] == 0.25 and comp["rank"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(c["same_size"] for c in summary["comparisons"])
+    assert "LAST (H-inf scores, global threshold)" in (out / "report.md").read_text()
+
+
 def test_experiment_has_one_section_per_kernel(tmp_path, capsys):
     out = tmp_path / "exp"
     assert main(["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4", "--seeds", "1", "--epochs", "1",

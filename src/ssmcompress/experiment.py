@@ -42,12 +42,16 @@ RANKED_METHODS = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin
 METHODS = RANKED_METHODS + ("original-continued",)
 #: further reductions (``compress.METHODS``), each with and without main training; chosen with --methods
 EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
+                 "bt-adaptive", "bt-adaptive-noretrain", "last", "last-noretrain",
                  "hankel-bt", "hankel-bt-noretrain", "in-training")
 ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
 #: experiment method -> reduction (compress.METHODS) of a pre-trained model
-_COMPRESSED = {m: m.replace("-noretrain", "").replace("hankel-", "")
+#: layer-adaptive methods: the same total of stored modes as rank r (layers x r/2 per channel), split between
+#: the layers by one global threshold (compress --budget); equal size means equal parameter count and total state
+ADAPTIVE = {"bt-adaptive": "bt", "last": "modal-hinf"}
+_COMPRESSED = {m: ADAPTIVE.get(m.replace("-noretrain", ""), m.replace("-noretrain", "").replace("hankel-", ""))
                for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS if m != "in-training"}
 LABELS = {
     "original": "original (N, pre-trained)",
@@ -66,6 +70,10 @@ LABELS = {
     "h2-noretrain": "H2 (IRKA), no retraining",
     "modal-hinf": "modal (H-inf) + main training",
     "modal-hinf-noretrain": "modal (H-inf), no retraining",
+    "bt-adaptive": "BT, layer-adaptive sizes + main training",
+    "bt-adaptive-noretrain": "BT, layer-adaptive sizes, no retraining",
+    "last": "LAST (H-inf scores, global threshold) + main training",
+    "last-noretrain": "LAST (H-inf scores, global threshold), no retraining",
     "hankel-bt": "Hankel-regularised pre-training, BT + main training",
     "hankel-bt-noretrain": "Hankel-regularised pre-training, BT, no retraining",
     "in-training": "in-training BT reduction (N -> r in 3 steps)",
@@ -247,7 +255,8 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             comp = seed_dir / f"r{r}" / f"{name}-compressed"
             if not (comp / "summary.json").is_file():
                 shutil.rmtree(comp, ignore_errors=True)
-                compress_run(base_run, comp, rank=r, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data)
+                size = {"budget": r / cfg.state_dim} if name in ADAPTIVE else {"rank": r}
+                compress_run(base_run, comp, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data, **size)
             if kind.endswith("-noretrain"):
                 rows.append(_row(kind, kernel, r, seed, False, ckpt.read_json(comp / "summary.json"), comp, rank=r))
             else:
@@ -338,6 +347,12 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
+def _same_size(a: dict, b: dict, adaptive: bool = False) -> bool:
+    """Equal SSM and total parameter counts, and equal state dims layer by layer (adaptive: in total)."""
+    dims = (sum(a["state_dims"]) == sum(b["state_dims"])) if adaptive else a["state_dims"] == b["state_dims"]
+    return a["ssm_params"] == b["ssm_params"] and a["params"] == b["params"] and dims
+
+
 def comparisons(rows: list[dict]) -> list[dict]:
     """Every method against ``legs`` and ``legs-budget`` at the same kernel and rank, paired by seed."""
     by = {}
@@ -356,8 +371,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
                 continue
             a = [seeds[s]["test_accuracy"] for s in common]
             b = [other[s]["test_accuracy"] for s in common]
-            same_size = all(seeds[s]["ssm_params"] == other[s]["ssm_params"] and seeds[s]["params"] == other[s]["params"]
-                            and seeds[s]["state_dims"] == other[s]["state_dims"] for s in common)
+            same_size = all(_same_size(seeds[s], other[s], adaptive=method.replace("-noretrain", "") in ADAPTIVE)
+                            for s in common)
             out.append({"kernel": kernel, "method": method, "reference": ref, "state_dim": n, "same_size": same_size,
                         **paired_comparison(a, b)})
     return out
