@@ -208,14 +208,18 @@ def test_cli_method_names_match_the_experiment():
     assert tuple(REDUCTIONS) == tuple(COMPRESS_METHODS)
 
 
+def _small_experiment(out, capsys, methods, state_dim, epochs, layers):
+    """One seed, rank 4, a tiny model on digits; returns results.json."""
+    assert main(["experiment", "--data", "digits", "--state-dim", str(state_dim), "--ranks", "4", "--seeds", "1",
+                 "--epochs", str(epochs), "--main-epochs", "1", "--d-model", "6", "--layers", str(layers),
+                 "--batch-size", "256", "--methods", methods, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    return json.loads((out / "results.json").read_text())
+
+
 def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     out = tmp_path / "exp"
-    argv = ["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4", "--seeds", "1", "--epochs", "3",
-            "--main-epochs", "1", "--d-model", "6", "--layers", "1", "--batch-size", "256",
-            "--methods", "legs,bsp,h2,modal-hinf,hankel-bt,in-training", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    capsys.readouterr()
-    rows = json.loads((out / "results.json").read_text())
+    rows = _small_experiment(out, capsys, "legs,bsp,h2,modal-hinf,hankel-bt,in-training", 8, 3, 1)
     got = {r["method"] for r in rows}
     assert got == {"original", "original-hankel", "legs", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf",
                    "modal-hinf-noretrain", "hankel-bt", "hankel-bt-noretrain", "in-training"}
@@ -232,12 +236,7 @@ def test_experiment_layer_adaptive_methods_match_the_total_size(tmp_path, capsys
     """bt-adaptive and last split layers x r/2 stored modes between the layers by one global threshold:
     per-layer sizes may differ from the uniform r, parameter counts and the total state may not."""
     out = tmp_path / "exp"
-    argv = ["experiment", "--data", "digits", "--state-dim", "16", "--ranks", "4", "--seeds", "1", "--epochs", "2",
-            "--main-epochs", "1", "--d-model", "6", "--layers", "3", "--batch-size", "256",
-            "--methods", "legs,bt-adaptive,last", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    capsys.readouterr()
-    rows = json.loads((out / "results.json").read_text())
+    rows = _small_experiment(out, capsys, "legs,bt-adaptive,last", 16, 2, 3)
     assert {r["method"] for r in rows} == {"original", "legs", "bt-adaptive", "bt-adaptive-noretrain", "last",
                                            "last-noretrain"}
     legs = next(r for r in rows if r["method"] == "legs")
