@@ -167,3 +167,45 @@ def test_gramian_needs_only_the_modes_it_uses_to_be_stable():
         cauchy_real_factor(np.array([[0.5 + 1j]]), np.array([[1.0 + 0j]]))
     with pytest.raises(ValueError, match="positive integer"):
         geometric_sum(0.5, -2)
+
+
+def _geometric_60_digits(x, y, L):
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    q = mpmath.mpc(complex(x)) * mpmath.conj(mpmath.mpc(complex(y)))
+    return complex(L if q == 1 else (1 - q ** L) / (1 - q))
+
+
+@pytest.mark.parametrize("x, y, L", [
+    (-1.0000000000022504 + 7.306e-9j, -1.000000000083123 - 7.306e-9j, 100000),   # conjugate pair near -1
+    ((1 - 1e-9) * np.exp(2j), (1 - 2e-9) * np.exp(2.00000001j), 100000),         # close modes away from the axis
+    ((1 - 1e-7) * np.exp(0.3j), (1 - 1e-7) * np.exp(0.3j), 784),                  # a mode with itself: real sum
+    (1.01 * np.exp(0.2j), 0.5 + 0.1j, 120),                                         # growing mode
+    (1e-9 + 0j, 0.5 + 0j, 10),                                                      # tiny node: |x|^2 rounds dd to 1
+    (0j, 0.9 + 0j, 10),                                                             # zero node: only k = 0
+])
+def test_node_geometric_sum_to_60_digits(x, y, L):
+    from ssmcompress.lti.gramians import _node_geometric_sum, one_minus_abs2
+
+    x, y = np.complex128(x), np.complex128(y)
+    got = complex(_node_geometric_sum(x, y, one_minus_abs2(x), one_minus_abs2(y), L))
+    ref = _geometric_60_digits(x, y, L)
+    assert abs(got - ref) <= 1e-13 * abs(ref)
+
+
+def test_node_geometric_sum_near_the_circle_random():
+    """Nodes within 1e-4 of the unit circle with random angles and small angle gaps: relative accuracy ~eps."""
+    from ssmcompress.lti.gramians import _node_geometric_sum, one_minus_abs2
+
+    rng = np.random.default_rng(5)
+    worst = 0.0
+    for _ in range(200):
+        r1, r2 = 1 - 10 ** rng.uniform(-12, -4, 2)
+        a1 = rng.uniform(-np.pi, np.pi)
+        a2 = a1 + rng.choice([-1, 1]) * 10 ** rng.uniform(-10, -1)
+        x, y = r1 * np.exp(1j * a1), r2 * np.exp(1j * a2)
+        L = int(rng.integers(2, 100000))
+        got = complex(_node_geometric_sum(x, y, one_minus_abs2(x), one_minus_abs2(y), L))
+        ref = _geometric_60_digits(x, y, L)
+        worst = max(worst, abs(got - ref) / abs(ref))
+    assert worst < 1e-12

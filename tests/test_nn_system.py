@@ -78,8 +78,11 @@ def test_mapping_view_and_precision():
     torch.testing.assert_close(e.lam_d.to(torch.complex64), d.lam_d, rtol=0, atol=0)
     with pytest.raises(KeyError, match="not one of"):
         d["A"]
-    with pytest.raises(ValueError, match="float32 or torch.float64"):
-        d.with_precision(torch.float16)
+    with pytest.raises(ValueError, match="real floating torch dtype"):
+        d.with_precision(torch.int32)
+    half = d.with_precision(torch.bfloat16)               # no complex half type: complex64, as before
+    assert half.lam_d.dtype == torch.complex64 and half.D.dtype == torch.bfloat16
+    assert d != layer.discrete_system()                   # identity, not element-wise comparison of tensors
 
 
 def test_detached_copy_does_not_follow_parameter_updates():

@@ -436,11 +436,14 @@ def rank_matrix(table: list[dict], comps: list[dict], kernel: str, reference: st
 
 
 def correlations(rows: list[dict]) -> list[dict]:
-    """Original against compressed accuracy over seeds, per kernel, compressed method and rank."""
-    orig = {(r.get("kernel", "s4d"), r["seed"]): r["test_accuracy"] for r in rows if r["method"] == "original"}
+    """Parent (original, or original-hankel for hankel-bt) against compressed accuracy over seeds, per kernel,
+    compressed method and rank."""
+    orig = {(r.get("kernel", "s4d"), r["method"], r["seed"]): r["test_accuracy"] for r in rows
+            if r["method"] in ("original", "original-hankel")}
     groups: dict[tuple, list[tuple]] = {}
     for r in rows:
-        key = (r.get("kernel", "s4d"), r["seed"])
+        parent = "original-hankel" if r["method"].startswith("hankel-") else "original"
+        key = (r.get("kernel", "s4d"), parent, r["seed"])
         if r["method"] in _COMPRESSED and key in orig:
             groups.setdefault((key[0], r["method"], r["state_dim"]), []).append((orig[key], r["test_accuracy"]))
     out = []

@@ -313,8 +313,10 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             loss_sum, _ = loss_and_correct(net, xb, yb, lb, task, reduction="sum")
             # gradient of the global-batch mean after DDP's average over ranks
             loss = loss_sum * (world / n_global)
-            if cfg.hankel_reg > 0:  # the same penalty on every rank: DDP's average keeps it
-                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample)
+            if cfg.hankel_reg > 0:  # the same penalty (and channel draw) on every rank: DDP's average keeps it
+                draw = None if cfg.hankel_sample >= 1 else torch.Generator().manual_seed(
+                    cfg.seed * 1000003 + state["step"])            # reproducible, also after --resume
+                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample, generator=draw)
                 loss = loss + cfg.hankel_reg * penalty.to(loss.dtype)
                 run_penalty += float(penalty.detach())
             loss.backward()

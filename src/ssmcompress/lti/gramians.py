@@ -143,18 +143,20 @@ def _kernel(mu, discrete, horizon):
 def _node_geometric_sum(x, y, dd_x, dd_y, L):
     """``sum_{k<L} (x conj(y))^k`` for nodes x, y without forming ``x conj(y) - 1`` by subtraction.
 
-    ``w = x conj(y) - 1`` comes from :func:`disc_den` and ``log(x conj(y))`` from ``log|x| = log1p(-dd_x)/2``
-    and the wrapped argument difference, so both keep full relative accuracy for modes near the unit
-    circle (where :func:`geometric_sum` of the product loses ``eps / |w|``): the sum is
-    ``L expm1(z)/z * log(1 + w)/w`` with ``z = L log(1 + w)``.  A zero node gives 1 (only ``k = 0``).
+    ``w = x conj(y) - 1`` comes from :func:`disc_den`; ``log(x conj(y))`` has real part
+    ``(log1p(-dd_x) + log1p(-dd_y))/2`` and argument ``atan2(Im w, 1 + Re w)``, so both keep full relative
+    accuracy for modes near the unit circle, also for nearby modes away from the real axis (where
+    :func:`geometric_sum` of the product loses ``eps / |w|`` and a difference of angles ``eps |arg| / |w|``):
+    the sum is ``L expm1(z)/z * log(1 + w)/w`` with ``z = L log(1 + w)``.  A zero node gives 1 (only ``k = 0``).
     """
     x, y = np.broadcast_arrays(np.asarray(x, np.complex128), np.asarray(y, np.complex128))
     zero = (x == 0) | (y == 0)
     w = -disc_den(x, y, dd_x, dd_y)
     with np.errstate(all="ignore"):
-        log_abs = 0.5 * (np.log1p(-np.asarray(dd_x, float)) + np.log1p(-np.asarray(dd_y, float)))
-        arg = np.remainder(np.angle(x) - np.angle(y) + np.pi, 2 * np.pi) - np.pi
-        log_x = log_abs + 1j * arg
+        def log_abs2(v, dd):           # log|v|^2: log1p(-dd) near the circle, plain log for tiny |v| (dd -> 1)
+            dd = np.asarray(dd, float)
+            return np.where(dd > 0.5, np.log(np.abs(v) ** 2), np.log1p(-dd))
+        log_x = 0.5 * (log_abs2(x, dd_x) + log_abs2(y, dd_y)) + 1j * np.arctan2(w.imag, 1.0 + w.real)
         small = np.abs(w) < 1e-8
         r = np.where(small, 1.0 - 0.5 * w, log_x / np.where(small, 1.0, w))
         s = L * _safe_expm1_over(L * log_x) * r

@@ -28,7 +28,7 @@ __all__ = ["DiscreteSystem"]
 _KEYS = ("lam_d", "B_d", "C", "D", "dt")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DiscreteSystem:
     """Diagonal discrete SISO systems of one layer (see the module docstring).
 
@@ -97,11 +97,12 @@ class DiscreteSystem:
         return DiscreteSystem(f(self.lam_d), f(self.B_core), f(self.log_scale), f(self.C), f(self.D), f(self.dt))
 
     def with_precision(self, real_dtype: torch.dtype) -> DiscreteSystem:
-        """The system with complex tensors in the complex type of ``real_dtype`` and ``D, dt`` in ``real_dtype``;
-        ``B_d`` is formed in the current precision first (its log-scale does not survive a cast to float32)."""
-        cdt = {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(real_dtype)
-        if cdt is None:
-            raise ValueError(f"real_dtype must be torch.float32 or torch.float64, got {real_dtype}.")
+        """The system with complex tensors in complex128 for ``real_dtype`` float64 and complex64 otherwise (there
+        is no complex half type), ``D, dt`` in ``real_dtype``; ``B_d`` is formed in the current precision first
+        (its log-scale does not survive a cast to float32)."""
+        if not (isinstance(real_dtype, torch.dtype) and real_dtype.is_floating_point):
+            raise ValueError(f"real_dtype must be a real floating torch dtype, got {real_dtype!r}.")
+        cdt = torch.complex128 if real_dtype == torch.float64 else torch.complex64
         return DiscreteSystem(self.lam_d.to(cdt), self.B_d.to(cdt), None, self.C.to(cdt),
                               self.D.to(real_dtype), self.dt.to(real_dtype))
 
