@@ -104,7 +104,7 @@ def test_finite_horizon_values_against_60_digits(init):
         # lti's values (what compress ranks and reports): the finite-horizon kernel without cancellation near
         # the unit circle, unpaired pivoting (pair pivoting cost 7e-7 relative here, 1.5e-3 on other channels)
         lti = hankel_singular_values(sys[h:h + 1], horizon=100)[0]
-        np.testing.assert_array_less(np.abs(lti - ref), 1e-8 * ref + 1e-11 * ref[0])
+        np.testing.assert_array_less(np.abs(lti - ref), 1e-10 * ref + 1e-13 * ref[0])     # measured 4e-11, 2e-14
 
 
 def test_float32_layer_uses_its_own_kernel_system():
