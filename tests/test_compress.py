@@ -188,6 +188,14 @@ def test_experiment_writes_report_and_resumes(tmp_path, capsys, monkeypatch):
     assert "other settings (model" in err and "seeds, ranks, kernels and methods may change" in err
 
 
+def test_experiment_rejects_a_hankel_order_at_the_state_dimension(tmp_path, capsys):
+    assert main(["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4", "--hankel-order", "8", "--quiet",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "hankel_order must be None or an integer in [0, 7]" in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
 def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):
     base = ["experiment", "--data", "digits", "--out", str(tmp_path / "e")]
     with pytest.raises(SystemExit) as exc:
@@ -208,25 +216,28 @@ def test_cli_method_names_match_the_experiment():
     assert tuple(REDUCTIONS) == tuple(COMPRESS_METHODS)
 
 
-def _small_experiment(out, capsys, methods, state_dim, epochs, layers):
+def _small_experiment(out, capsys, methods, state_dim, epochs, layers, extra=()):
     """One seed, rank 4, a tiny model on digits; returns results.json."""
     assert main(["experiment", "--data", "digits", "--state-dim", str(state_dim), "--ranks", "4", "--seeds", "1",
                  "--epochs", str(epochs), "--main-epochs", "1", "--d-model", "6", "--layers", str(layers),
-                 "--batch-size", "256", "--methods", methods, "--out", str(out), "--quiet"]) == 0
+                 "--batch-size", "256", "--methods", methods, "--out", str(out), "--quiet", *extra]) == 0
     capsys.readouterr()
     return json.loads((out / "results.json").read_text())
 
 
 def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     out = tmp_path / "exp"
-    rows = _small_experiment(out, capsys, "legs,bsp,h2,modal-hinf,hankel-bt,in-training", 8, 3, 1)
+    rows = _small_experiment(out, capsys, "legs,bsp,h2,modal-hinf,hankel-bt,in-training", 8, 3, 1,
+                             extra=("--hankel-order", "4", "--hankel-sample", "0.5"))
     got = {r["method"] for r in rows}
     assert got == {"original", "original-hankel", "legs", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf",
                    "modal-hinf-noretrain", "hankel-bt", "hankel-bt-noretrain", "in-training"}
     at_r = [r for r in rows if r["state_dim"] == 4]
     assert len({(r["ssm_params"], r["params"], tuple(r["state_dims"])) for r in at_r}) == 1
     hankel_cfg = json.loads((out / "s4d" / "seed0" / "original-hankel" / "config.json").read_text())
-    assert hankel_cfg["train"]["hankel_reg"] == 0.1
+    assert hankel_cfg["train"]["hankel_reg"] == 0.1 and hankel_cfg["train"]["hankel_order"] == 4
+    assert hankel_cfg["train"]["hankel_sample"] == 0.5
+    assert "beyond order 4, channel sample 0.5" in (out / "report.md").read_text()
     intr = json.loads((out / "s4d" / "seed0" / "r4" / "in-training" / "summary.json").read_text())
     assert intr["state_dims"] == [4] and [r["epoch"] for r in intr["reductions"]] == [1, 2, 3]
     assert next(r for r in rows if r["method"] == "in-training")["max_epochs"] == 4      # epochs + main epochs

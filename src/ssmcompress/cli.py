@@ -336,6 +336,7 @@ def _experiment_config(args):
         data=args.data, data_options=dict(args.data_option or []), state_dim=args.state_dim, ranks=args.ranks,
         seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
         methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit, hankel_reg=args.hankel_reg,
+        hankel_order=args.hankel_order, hankel_sample=args.hankel_sample,
         model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
@@ -562,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="least-squares refit of C and D after reduction (default on)")
     x.add_argument("--hankel-reg", type=_positive_float, default=0.1, metavar="WEIGHT",
                    help="Hankel penalty weight of the pre-training behind hankel-bt (default 0.1)")
+    x.add_argument("--hankel-order", type=_nonneg_int, default=None, metavar="r",
+                   help="hankel-bt's penalty covers only the Hankel singular values beyond real order r (default: "
+                        "all of them, the nuclear norm; the tail beyond the smallest rank kept far more accuracy "
+                        "without retraining on mnist1d, see README)")
+    x.add_argument("--hankel-sample", type=_share, default=1.0, metavar="FRACTION",
+                   help="hankel-bt's penalty on this random fraction of the channels per step (default 1: all)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(x)

@@ -95,6 +95,8 @@ class ExperimentConfig:
     kernels: list = field(default_factory=lambda: ["s4d"])
     methods: list = field(default_factory=lambda: list(METHODS))
     hankel_reg: float = 0.1         # weight of the Hankel penalty in the pre-training of hankel-bt (measured on digits)
+    hankel_order: int | None = None  # penalise the HSVs beyond this real order (None: all of them, the nuclear norm)
+    hankel_sample: float = 1.0      # fraction of channels the penalty draws per step (train --hankel-sample)
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
     refit: bool | None = None       # least-squares refit of C, D after reduction (None: compress.DEFAULT_REFIT)
 
@@ -115,6 +117,13 @@ class ExperimentConfig:
             raise ValueError("epochs must be positive.")
         if not (isinstance(self.hankel_reg, (int, float)) and self.hankel_reg > 0):
             raise ValueError(f"hankel_reg must be a positive weight, got {self.hankel_reg!r}.")
+        if self.hankel_order is not None and not (isinstance(self.hankel_order, int) and not isinstance(
+                self.hankel_order, bool) and 0 <= self.hankel_order < self.state_dim):
+            raise ValueError(f"hankel_order must be None or an integer in [0, {self.state_dim - 1}] (below the state "
+                             f"dimension), got {self.hankel_order!r}.")
+        if isinstance(self.hankel_sample, bool) or not isinstance(self.hankel_sample, (int, float)) \
+                or not 0 < self.hankel_sample <= 1:
+            raise ValueError(f"hankel_sample must be a fraction in (0, 1], got {self.hankel_sample!r}.")
         if not self.kernels:
             raise ValueError("kernels is empty; give at least one, e.g. --kernel s4d,dss-exp.")
         for k in self.kernels:
@@ -239,7 +248,8 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             folder = seed_dir / "original-hankel"
             summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
                               TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
-                                             "hankel_reg": cfg.hankel_reg}), data, run_cfg)
+                                             "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
+                                             "hankel_sample": cfg.hankel_sample}), data, run_cfg)
             rows.append(_row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder))
         elif kind == "in-training":
             folder = seed_dir / f"r{r}" / "in-training"
@@ -613,7 +623,11 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
              f"main training and baselines cap {main_epochs} epochs; `legs-budget` cap {cfg.epochs + main_epochs}; "
              f"early stopping patience {patience or 'off'}; seeds {cfg.seeds}.",
              f"- Model: {json.dumps(cfg.model)}; training: {json.dumps(cfg.train)}; reduction horizon "
-             f"{cfg.horizon!r}, refit {cfg.refit if cfg.refit is not None else 'default'}.",
+             f"{cfg.horizon!r}, refit {cfg.refit if cfg.refit is not None else 'default'}"
+             + (f"; Hankel penalty of `hankel-bt`: weight {cfg.hankel_reg}, "
+                f"{'all values (nuclear norm)' if cfg.hankel_order is None else f'beyond order {cfg.hankel_order}'}, "
+                f"channel sample {cfg.hankel_sample}" if any(m.startswith("hankel-") for m in cfg.methods) else "")
+             + ".",
              f"- Reductions as run (from the compressed runs): {used_txt}.",
              f"- Machine: {_machine()}." + (f" Wall time of this invocation: {wall_s / 60:.1f} min." if wall_s else "")
              + f" Training time of all sub-runs: {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min.",
