@@ -214,3 +214,33 @@ def test_budget_is_met_exactly_and_layers_of_different_sizes_run(method):
     small, _ = compress_model(model, method=method, rank=ranks)
     x = torch.randn(2, 64, 1, dtype=torch.float64)
     torch.testing.assert_close(small.eval().stream(x), small(x), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["s4d", "bilinear"])
+@pytest.mark.parametrize("method", METHODS)
+def test_stored_B_and_C_are_balanced_per_mode(kernel, method):
+    """A diagonal form fixes only C_i B_i; the stored split is |B| == |C| per mode (learned-B kernels), so that
+    main training's steps of about the learning rate are of the same relative size for both. The response is
+    that of the reduction, whatever the split of the original."""
+    m = _model(kernel, N=16, layers=1)
+    layer = m.ssm_layers()[0]
+    with torch.no_grad():                     # an extreme split in the original: the map is unchanged
+        layer.B.mul_(1e-6)
+        layer.C.mul_(1e6)
+    small, _ = compress_model(m, method=method, rank=8, refit=False)
+    small_layer = small.ssm_layers()[0]
+    b = torch.linalg.vector_norm(small_layer.B, dim=-1)
+    c = torch.linalg.vector_norm(small_layer.C, dim=-1)
+    live = (b > 0) & (c > 0)
+    assert live.sum() > 0
+    torch.testing.assert_close(b[live], c[live], rtol=1e-9, atol=0)
+    sys, _ = reduce_layer(layer, method=method, rank=8, refit=False)
+    got = small_layer.kernel(64).detach().numpy()
+    got[:, 0] += small_layer.D.detach().numpy()                 # impulse_response includes the D tap
+    want = impulse_response(sys, 64)
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+    # with the refit, C moves from the balanced value but stays of its size (the ridge pulls toward it)
+    small, _ = compress_model(m, method=method, rank=8)
+    sl = small.ssm_layers()[0]
+    b, c = torch.linalg.vector_norm(sl.B, dim=-1), torch.linalg.vector_norm(sl.C, dim=-1)
+    assert float(c.max()) < 1e3 * float(b.max()) and float(b.max()) < 1e3
