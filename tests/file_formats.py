@@ -237,3 +237,13 @@ def cli_error(capsys, *argv) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def missing_file_error(src, dest, loader: str, relpath: str) -> str:
+    """Copy the folder ``src`` to ``dest`` without ``relpath``; the one-sentence error of ``loader:dest``."""
+    import os
+    import shutil
+
+    shutil.copytree(src, dest)
+    os.remove(os.path.join(dest, relpath))
+    return data_error(f"{loader}:{dest}")

@@ -1,10 +1,9 @@
 """cifar10 / lra-image loaders on CIFAR-10 binary records written in the published format."""
-import os
 import shutil
 
 import numpy as np
 import pytest
-from file_formats import cli_error, data_error, write_cifar
+from file_formats import cli_error, data_error, missing_file_error, write_cifar
 
 from ssmcompress.data import StoredSequences, load_dataset
 
@@ -70,9 +69,7 @@ def test_three_channels_are_the_rgb_planes(cifar):
 def test_bad_files_are_one_sentence_naming_the_file(cifar, tmp_path, capsys):
     src, _ = cifar
     d = tmp_path / "c"
-    shutil.copytree(src, d)
-    os.remove(d / "test_batch.bin")
-    msg = data_error(f"cifar10:{d}")
+    msg = missing_file_error(src, d, "cifar10", "test_batch.bin")
     assert "test_batch.bin" in msg and "missing" in msg
     shutil.copy(src / "test_batch.bin", d / "test_batch.bin")
     data = (d / "data_batch_3.bin").read_bytes()

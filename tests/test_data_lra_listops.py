@@ -1,11 +1,9 @@
 """lra-listops loader on TSV files written as LRA's generator writes them."""
-import os
-import shutil
 
 import numpy as np
 import pytest
 from file_formats import (cli_error, data_error, listops_lra_string, listops_plain_tokens, listops_value,
-                          write_listops, write_listops_tsv)
+                          missing_file_error, write_listops, write_listops_tsv)
 
 from ssmcompress.cli import main
 from ssmcompress.data import LISTOPS_VOCAB, StoredSequences, load_dataset
@@ -59,9 +57,7 @@ def test_max_length_cuts_as_lra_does(listops_dir):
 def test_bad_files_are_one_sentence_naming_file_and_line(listops_dir, tmp_path, capsys):
     src, _ = listops_dir
     d = tmp_path / "l"
-    shutil.copytree(src, d)
-    os.remove(d / "basic_val.tsv")
-    msg = data_error(f"lra-listops:{d}")
+    msg = missing_file_error(src, d, "lra-listops", "basic_val.tsv")
     assert "basic_val.tsv" in msg and "missing" in msg
     write_listops_tsv(d / "basic_val.tsv", [("( [MAX 2 ) 9 ) ]", 9)], header=None)
     msg = data_error(f"lra-listops:{d}")

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from file_formats import cli_error, data_error, digit_images, idx_bytes, write_mnist
+from file_formats import cli_error, data_error, missing_file_error, digit_images, idx_bytes, write_mnist
 
 from ssmcompress.cli import main
 from ssmcompress.data import StoredSequences, load_dataset
@@ -87,9 +87,7 @@ def test_unit_scale_is_pixels_over_255(raw, plain_dir):
 
 def test_missing_truncated_and_foreign_files_name_the_file(raw, plain_dir, tmp_path):
     d = tmp_path / "m"
-    shutil.copytree(plain_dir, d)
-    os.remove(d / "t10k-labels-idx1-ubyte")
-    msg = data_error(f"mnist:{d}")
+    msg = missing_file_error(plain_dir, d, "mnist", "t10k-labels-idx1-ubyte")
     assert "t10k-labels-idx1-ubyte" in msg and "missing" in msg
 
     shutil.rmtree(d)

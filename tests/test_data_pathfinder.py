@@ -1,10 +1,9 @@
 """lra-pathfinder loader on PNG images and text metadata in LRA's release layout."""
-import os
 import shutil
 
 import numpy as np
 import pytest
-from file_formats import data_error, write_pathfinder
+from file_formats import data_error, missing_file_error, write_pathfinder
 
 from ssmcompress.data import DataError, StoredSequences, load_dataset
 
@@ -45,9 +44,7 @@ def test_bad_layout_is_data_error(pathfinder, tmp_path):
     assert "metadata" in msg and "missing" in msg
     assert "difficulty" in data_error(f"lra-pathfinder:{top}", difficulty="easy")
     d = tmp_path / "p"
-    shutil.copytree(root, d)
-    os.remove(d / "imgs" / "2" / "sample_3.png")
-    msg = data_error(f"lra-pathfinder:{d}")
+    msg = missing_file_error(root, d, "lra-pathfinder", "imgs/2/sample_3.png")
     assert "sample_3.png" in msg and "2.npy line 4" in msg
     shutil.copy(root / "imgs" / "2" / "sample_3.png", d / "imgs" / "2" / "sample_3.png")
     with open(d / "metadata" / "4.npy", "a") as f:

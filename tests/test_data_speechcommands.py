@@ -1,10 +1,9 @@
 """speechcommands loader on wav files written with the wave module, in the dataset's folder layout."""
-import os
 import shutil
 
 import numpy as np
 import pytest
-from file_formats import cli_error, data_error, write_speech, write_wav
+from file_formats import cli_error, data_error, missing_file_error, write_speech, write_wav
 
 from ssmcompress.cli import main
 from ssmcompress.data import StoredSequences, load_dataset
@@ -61,9 +60,7 @@ def test_all_words_and_a_word_list(speech):
 def test_bad_files_are_one_sentence_naming_the_file(speech, tmp_path, capsys):
     src, _ = speech
     d = tmp_path / "sc"
-    shutil.copytree(src, d)
-    os.remove(d / "testing_list.txt")
-    msg = data_error(f"speechcommands:{d}")
+    msg = missing_file_error(src, d, "speechcommands", "testing_list.txt")
     assert "testing_list.txt" in msg and "missing" in msg
     shutil.copy(src / "testing_list.txt", d / "testing_list.txt")
     bad = d / "no" / "00000003_nohash_0.wav"

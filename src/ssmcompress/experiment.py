@@ -48,6 +48,15 @@ ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
 #: experiment method -> reduction (compress.METHODS) of a pre-trained model
+#: the N-model rows: parents and references, never compared as compressed methods
+_ORIGINALS = ("original", "original-continued", "original-hankel")
+
+
+def parent_of(method: str) -> str:
+    """The N run a compressed method is reduced from: ``original-hankel`` for ``hankel-*``, else ``original``."""
+    return "original-hankel" if method.startswith("hankel-") else "original"
+
+
 #: layer-adaptive methods: the same total of stored modes as rank r (layers x r/2 per channel), split between
 #: the layers by one global threshold (compress --budget); equal size means equal parameter count and total state
 ADAPTIVE = {"bt-adaptive": "bt", "last": "modal-hinf"}
@@ -260,7 +269,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
         elif kind in _COMPRESSED:
             method = _COMPRESSED[kind]
-            base_run = seed_dir / "original-hankel" if kind.startswith("hankel-") else pre
+            base_run = seed_dir / parent_of(kind)
             name = kind.replace("-noretrain", "")
             comp = seed_dir / f"r{r}" / f"{name}-compressed"
             if not (comp / "summary.json").is_file():
@@ -351,7 +360,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                       "state_dims": rs[0]["state_dims"],
                       "rising": f"{sum(rising)}/{len(rising)}" if rising else "n/a",
                       "epochs_mean": float(np.mean([r["epochs"] for r in rs])) if rs[0].get("epochs") else None})
-    order = {m: i for i, m in enumerate(("original", "original-continued", "original-hankel") + RANKED_METHODS
+    order = {m: i for i, m in enumerate(_ORIGINALS + RANKED_METHODS
                                         + EXTRA_METHODS)}
     table.sort(key=lambda t: (t["kernel"], -t["state_dim"], order.get(t["method"], 99)))
     return table
@@ -370,7 +379,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
         by.setdefault((r.get("kernel", "s4d"), r["method"], r["state_dim"]), {})[r["seed"]] = r
     out = []
     for (kernel, method, n), seeds in sorted(by.items()):
-        if method in ("original", "original-continued", "original-hankel"):
+        if method in _ORIGINALS:
             continue
         for ref in REFERENCES:
             if method == ref or (kernel, ref, n) not in by:
@@ -406,7 +415,7 @@ def parent_losses(rows: list[dict]) -> list[dict]:
     for (kernel, method, n), seeds in sorted(by.items()):
         if method not in _COMPRESSED:
             continue
-        parent = "original-hankel" if method.startswith("hankel-") else "original"
+        parent = parent_of(method)
         other = parents.get((kernel, parent), {})
         common = sorted(set(seeds) & set(other))
         if not common:
@@ -420,14 +429,14 @@ def parent_losses(rows: list[dict]) -> list[dict]:
 
 def rank_matrix(table: list[dict], comps: list[dict], kernel: str, reference: str = "legs-budget") -> str:
     """Methods by rank: mean test accuracy, and the paired difference against ``reference`` with its t-test p."""
-    ranks = sorted({t["state_dim"] for t in table if t["kernel"] == kernel and t["method"] not in
-                    ("original", "original-continued", "original-hankel")}, reverse=True)
+    ranks = sorted({t["state_dim"] for t in table if t["kernel"] == kernel and t["method"] not in _ORIGINALS},
+                   reverse=True)
     if not ranks:
         return ""
     cell = {(t["method"], t["state_dim"]): t for t in table if t["kernel"] == kernel}
     comp = {(c["method"], c["state_dim"]): c for c in comps if c["kernel"] == kernel and c["reference"] == reference}
     methods = [m for m in dict.fromkeys(t["method"] for t in table if t["kernel"] == kernel)
-               if m not in ("original", "original-continued", "original-hankel")]
+               if m not in _ORIGINALS]
     lines = ["| method | " + " | ".join(f"r = {r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
     for m in methods:
         cells = []
@@ -452,7 +461,7 @@ def correlations(rows: list[dict]) -> list[dict]:
             if r["method"] in ("original", "original-hankel")}
     groups: dict[tuple, list[tuple]] = {}
     for r in rows:
-        parent = "original-hankel" if r["method"].startswith("hankel-") else "original"
+        parent = parent_of(r["method"])
         key = (r.get("kernel", "s4d"), parent, r["seed"])
         if r["method"] in _COMPRESSED and key in orig:
             groups.setdefault((key[0], r["method"], r["state_dim"]), []).append((orig[key], r["test_accuracy"]))

@@ -46,6 +46,7 @@ import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -98,6 +99,7 @@ def hankel_singular_values(sys, horizon=None, workers=None):
     return np.concatenate(parts).reshape(batch + (m,)) if parts else np.zeros(batch + (m,))
 
 
+@dataclass(repr=False, eq=False)
 class BalancedReductionResult:
     """Outcome of ``balanced_truncation`` and ``balanced_singular_perturbation``.
 
@@ -118,13 +120,12 @@ class BalancedReductionResult:
         ``"truncation"`` or ``"singular_perturbation"``.
     """
 
-    def __init__(self, system, hsv, order, n_modes, horizon, method="truncation"):
-        self.system = system
-        self.hsv = hsv
-        self.order = order
-        self.n_modes = n_modes
-        self.horizon = horizon
-        self.method = method
+    system: DiagonalSSM
+    hsv: np.ndarray
+    order: object
+    n_modes: object
+    horizon: object
+    method: str = "truncation"
 
     @property
     def error_bound(self):

@@ -32,6 +32,7 @@ square of a small difference of large terms).
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,6 +47,7 @@ __all__ = ["h2_optimal", "H2Result"]
 COND_MAX = 1e12
 
 
+@dataclass(repr=False, eq=False)
 class H2Result:
     """Outcome of ``h2_optimal``.
 
@@ -71,17 +73,15 @@ class H2Result:
         Iteration of the returned system (0: the balanced-truncation start).
     """
 
-    def __init__(self, system, order, n_modes, h2_error, h2_error_start, h2_norm, iterations, converged,
-                 best_iteration):
-        self.system = system
-        self.order = order
-        self.n_modes = n_modes
-        self.h2_error = h2_error
-        self.h2_error_start = h2_error_start
-        self.h2_norm = h2_norm
-        self.iterations = iterations
-        self.converged = converged
-        self.best_iteration = best_iteration
+    system: DiagonalSSM
+    order: object
+    n_modes: object
+    h2_error: np.ndarray
+    h2_error_start: np.ndarray
+    h2_norm: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+    best_iteration: np.ndarray
 
     def __repr__(self):
         return (f"H2Result(system={self.system!r}, order={self.order!r}, "

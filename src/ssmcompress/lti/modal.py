@@ -30,6 +30,8 @@ is reported as ``error_bound`` whatever score chose the modes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .balanced import check_order
@@ -135,6 +137,7 @@ def mode_scores(sys, score="hinf"):
         return np.where(active, 2.0 * weight / np.where(active, dist, 1.0), 0.0)
 
 
+@dataclass(repr=False, eq=False)
 class ModalTruncationResult:
     """Outcome of ``modal_truncation``.
 
@@ -155,13 +158,12 @@ class ModalTruncationResult:
         ``||G - G_r||_inf <=`` the sum of the exact peak gains of the discarded modes.
     """
 
-    def __init__(self, system, order, n_modes, kept, scores, error_bound):
-        self.system = system
-        self.order = order
-        self.n_modes = n_modes
-        self.kept = kept
-        self.scores = scores
-        self.error_bound = error_bound
+    system: DiagonalSSM
+    order: object
+    n_modes: object
+    kept: np.ndarray
+    scores: np.ndarray
+    error_bound: np.ndarray
 
     def __repr__(self):
         return f"ModalTruncationResult(system={self.system!r}, order={self.order!r})"
