@@ -93,6 +93,8 @@ def hankel_singular_values(sys, horizon=None, workers=None):
 
     def work(sl):
         part = flat_sys[sl]
+        if horizon is not None:              # the values only: no real factors to form and throw away
+            return complex_hankel_singular_values(part, horizon)
         return _near_real_fix(part, np.linalg.svd(_real_factors(part, horizon)[2], compute_uv=False), horizon)
 
     parts = _map_chunks(work, flat_sys.batch_shape[0], m, workers)
