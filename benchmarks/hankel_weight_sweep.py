@@ -53,9 +53,8 @@ def pretrain(args, data, weight, order, seed) -> Path:
         import shutil
         shutil.rmtree(folder)
     torch.manual_seed(seed)
-    model = SequenceModel(d_input=data.d_input if data.d_input is not None else 1, d_output=data.n_classes,
-                          task=data.task, l_max=data.seq_len, vocab_size=data.vocab_size, d_model=args.d_model,
-                          layers=args.layers, state_dim=args.state_dim, kernel=args.kernel, init="legs")
+    model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
+                          kernel=args.kernel, init="legs")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
                       hankel_order=order if weight > 0 else None, hankel_sample=args.sample if weight > 0 else 1.0)
     train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}}, progress=False)

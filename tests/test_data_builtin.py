@@ -157,3 +157,11 @@ def test_not_a_name_or_path():
 def test_directory_is_rejected(tmp_path):
     with pytest.raises(DataError, match="is a directory"):
         load_dataset(tmp_path)
+
+
+def test_model_shape_is_what_the_data_fixes():
+    digits = load_dataset("digits")
+    assert digits.model_shape() == dict(d_input=1, d_output=10, task="classification", l_max=64, vocab_size=None)
+    ops = load_dataset("listops")
+    shape = ops.model_shape()
+    assert shape["vocab_size"] == ops.vocab_size and shape["d_input"] == 1 and shape["l_max"] == ops.seq_len

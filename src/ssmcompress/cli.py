@@ -114,15 +114,9 @@ def check_model_fits_data(model, data, run, spec) -> None:
 
 
 def _model_kwargs_for(data, args) -> dict:
-    kw = dict(
-        d_input=data.d_input if data.d_input is not None else 1,
-        d_output=data.n_classes if data.task == "classification" else 1,
-        d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
-        kernel=args.kernel, init=args.init, dropout=args.dropout, prenorm=args.prenorm,
-        norm=args.norm, pool=args.pool, task=data.task, l_max=data.seq_len,
-        vocab_size=data.vocab_size,
-    )
-    return kw
+    return dict(data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
+                kernel=args.kernel, init=args.init, dropout=args.dropout, prenorm=args.prenorm,
+                norm=args.norm, pool=args.pool)
 
 
 def _progress(args) -> bool:

@@ -231,10 +231,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
     out.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(out / "experiment.json", asdict(cfg))
     main_epochs = cfg.main_epochs or cfg.epochs
-    base = dict(d_input=data.d_input if data.d_input is not None else 1,
-                d_output=data.n_classes if data.task == "classification" else 1,
-                task=data.task, l_max=data.seq_len, vocab_size=data.vocab_size)
-    base.update(cfg.model)
+    base = {**data.model_shape(), **cfg.model}
     run_cfg = {"data": {"spec": cfg.data, "options": cfg.data_options}}
     rows: list[dict] = []
     jobs = _job_list(cfg)

@@ -104,6 +104,12 @@ class Dataset:
         return (getattr(self, f"x_{name}"), getattr(self, f"y_{name}"),
                 getattr(self, f"len_{name}"))
 
+    def model_shape(self) -> dict:
+        """The ``SequenceModel`` arguments this data fixes: d_input, d_output, task, l_max, vocab_size."""
+        return dict(d_input=self.d_input if self.d_input is not None else 1,
+                    d_output=self.n_classes if self.task == "classification" else 1,
+                    task=self.task, l_max=self.seq_len, vocab_size=self.vocab_size)
+
     def sizes(self) -> dict:
         """Number of samples per split, ``{"train": n, "val": n, "test": n}``."""
         return {s: int(len(getattr(self, f"y_{s}"))) for s in SPLITS}
