@@ -159,3 +159,28 @@ def test_early_stopping_stops_and_stays_stopped(tmp_path):
     assert again["epochs"] == summary["epochs"]
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=-1)
+
+
+def test_run_experiment_refuses_a_folder_made_with_other_settings(tmp_path):
+    """The library call, not only the CLI, refuses to mix sub-runs of different settings; the selection may change."""
+    from dataclasses import asdict
+
+    from ssmcompress import checkpoint as ckpt
+    from ssmcompress.experiment import ExperimentConfig, StaleRunError, check_same_settings, run_experiment
+
+    made = ExperimentConfig(data="digits", state_dim=8, ranks=[4], seeds=[0], epochs=3, hankel_order=None)
+    ckpt.write_json(tmp_path / "experiment.json", asdict(made))
+    check_same_settings(ExperimentConfig(data="digits", state_dim=8, ranks=[2, 4], seeds=[0, 1], epochs=3,
+                                         kernels=["s4d", "dss-exp"], methods=["bt"]), tmp_path)   # selection only
+    for change, name in (({"epochs": 4}, "epochs"), ({"hankel_order": 2}, "hankel_order"),
+                         ({"horizon": "infinite"}, "horizon"), ({"model": {"d_model": 16}}, "model")):
+        asked = ExperimentConfig(**{**asdict(made), **change})
+        with pytest.raises(StaleRunError, match=rf"other settings \({name}\); rerun with the same flags"):
+            run_experiment(asked, tmp_path, progress=False)
+    # an experiment.json written before a field existed counts that field as its default
+    old = asdict(made)
+    del old["hankel_sample"]
+    ckpt.write_json(tmp_path / "experiment.json", old)
+    check_same_settings(made, tmp_path)
+    with pytest.raises(StaleRunError, match="hankel_sample"):
+        check_same_settings(ExperimentConfig(**{**asdict(made), "hankel_sample": 0.5}), tmp_path)

@@ -353,20 +353,6 @@ def cmd_experiment(args) -> int:
 
     cfg = _experiment_config(args)
     out = Path(args.out)
-    old = out / "experiment.json"
-    if old.is_file():
-        from .checkpoint import read_json
-        from dataclasses import asdict
-        # seeds, ranks, kernels and methods only select sub-runs: they may change between invocations
-        # (add seeds, drop a rank); every setting that shapes a sub-run must stay the same
-        selection = ("seeds", "ranks", "kernels", "methods")
-        now = json.loads(json.dumps(asdict(cfg)))
-        from .experiment import ExperimentConfig
-        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **read_json(old)}   # newer fields: defaults
-        changed = sorted(k for k in set(now) | set(before) if k not in selection and now.get(k) != before.get(k))
-        if changed:
-            raise UserError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the same "
-                            "flags to resume it (seeds, ranks, kernels and methods may change), or choose another --out.")
     rows = run_experiment(cfg, out, progress=_progress(args))
     print(markdown_table(summarize(rows)))
     print(f"report: {out / 'report.md'}")

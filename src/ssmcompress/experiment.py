@@ -149,6 +149,30 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------- jobs
 
+class StaleRunError(ValueError):
+    """The experiment folder holds sub-runs made with other settings than the ones asked for."""
+
+
+#: ExperimentConfig fields that only select sub-runs: they may change between invocations on one folder
+SELECTION = ("seeds", "ranks", "kernels", "methods")
+
+
+def check_same_settings(cfg: ExperimentConfig, out) -> None:
+    """Raise StaleRunError when ``out/experiment.json`` records settings, other than the selection of seeds, ranks,
+    kernels and methods, that differ from ``cfg``: finished sub-runs are skipped on a rerun, so a rerun with, say,
+    another ``epochs`` or ``hankel_order`` would otherwise report runs made under the old settings as new ones."""
+    old = Path(out) / "experiment.json"
+    if not old.is_file():
+        return
+    now = json.loads(json.dumps(asdict(cfg)))
+    before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(old)}   # newer fields: defaults
+    changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+    if changed:
+        raise StaleRunError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the "
+                            "same flags to resume it (seeds, ranks, kernels and methods may change), or choose "
+                            "another --out.")
+
+
 def _job_list(cfg: ExperimentConfig) -> list[tuple]:
     """(kernel, seed, kind, rank) in an order that respects dependencies."""
     jobs = []
@@ -227,6 +251,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
 
     out = Path(out)
     t0 = time.perf_counter()
+    check_same_settings(cfg, out)
     data = load_dataset(cfg.data, **cfg.data_options)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(out / "experiment.json", asdict(cfg))
