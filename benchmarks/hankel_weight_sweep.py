@@ -86,12 +86,13 @@ def main(argv=None) -> int:
         run = pretrain(args, data, weight, order, seed)
         model, _ = ckpt.load_model(run)
         acc = {s: evaluate(model, *splits[s], task=data.task)["accuracy"] for s in splits}
-        epochs = ckpt.read_json(run / "summary.json")["epochs"]
+        summary = ckpt.read_json(run / "summary.json")
         for r, method in itertools.product(args.ranks, args.methods.split(",")):
             small, _ = compress_model(model, method=method, rank=r)
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
             rows.append({"seed": seed, "weight": weight, "order": order, "rank": r, "method": method,
-                         "epochs": epochs, "val": acc["val"], "test": acc["test"],
+                         "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early", False),
+                         "val": acc["val"], "test": acc["test"],
                          "val_compressed": comp["val"], "test_compressed": comp["test"]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     ckpt.write_json(Path(args.out) / "hankel_sweep.json", rows)
@@ -99,25 +100,34 @@ def main(argv=None) -> int:
     return 0
 
 
+def _diff(a, b) -> str:
+    """Paired difference a - b in points with its paired t p and n."""
+    pc = paired_comparison(a, b)
+    p = "n/a" if pc["t_p"] is None else f"{pc['t_p']:.2g}"
+    return f"{100 * pc['mean_diff']:+.2f} ({p}, n = {pc['n']})"
+
+
 def report(rows, args) -> str:
     f = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0:.2f}"
     lines = [f"Hankel-regularised pre-training on `{args.data}` (N = {args.state_dim}, d_model {args.d_model}, "
              f"{args.layers} layers, cap {args.epochs} epochs, patience {args.patience}, penalty sample "
-             f"{args.sample}), seeds {args.seeds}; compression without retraining.", "",
-             "| weight | order | rank | method | val | test | val compressed | test compressed | "
+             f"{args.sample}), seeds {args.seeds}; compression without retraining. 'stopped early': pre-training "
+             "runs that stopped because validation accuracy stopped rising (the others reached the cap).", "",
+             "| weight | order | rank | method | stopped early | val | test | val compressed | test compressed | "
+             "test compressed − its own parent (points, paired t p) | "
              "test compressed − unregularised original (points, paired t p) |",
-             "|---:|---|---:|---|---|---|---|---|---|"]
+             "|---:|---|---:|---|---|---|---|---|---|---|---|"]
     base = {r["seed"]: r["test"] for r in rows if r["weight"] == 0}
     keyf = lambda r: (r["weight"], str(r["order"]), -r["rank"], r["method"])
     for key, grp in itertools.groupby(sorted(rows, key=keyf), key=keyf):
         grp = list(grp)
-        pc = paired_comparison([g["test_compressed"] for g in grp], [base[g["seed"]] for g in grp])
-        pv = "n/a" if pc["t_p"] is None else f"{pc['t_p']:.2g}"
+        comp = [g["test_compressed"] for g in grp]
+        early = sum(bool(g.get("stopped_early")) for g in grp)
         order = "-" if grp[0]["weight"] == 0 else ("all" if grp[0]["order"] is None else grp[0]["order"])
-        lines.append(f"| {grp[0]['weight']:g} | {order} | "
-                     f"{grp[0]['rank']} | {grp[0]['method']} | {f([g['val'] for g in grp])} | "
-                     f"{f([g['test'] for g in grp])} | {f([g['val_compressed'] for g in grp])} | "
-                     f"{f([g['test_compressed'] for g in grp])} | {100 * pc['mean_diff']:+.2f} ({pv}, n = {pc['n']}) |")
+        lines.append(f"| {grp[0]['weight']:g} | {order} | {grp[0]['rank']} | {grp[0]['method']} | {early}/{len(grp)} | "
+                     f"{f([g['val'] for g in grp])} | {f([g['test'] for g in grp])} | "
+                     f"{f([g['val_compressed'] for g in grp])} | {f(comp)} | "
+                     f"{_diff(comp, [g['test'] for g in grp])} | {_diff(comp, [base[g['seed']] for g in grp])} |")
     return "\n".join(lines)
 
 
