@@ -557,12 +557,14 @@ def verdicts(comps: list[dict], alpha: float = 0.05) -> list[str]:
 def _plot_accuracy_vs_params(kernel, table, path, data_name):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = [t for t in table if t["kernel"] == kernel]
     methods = list(dict.fromkeys(t["method"] for t in rows))
+    # the legend beside the axes, not over the points; one distinct colour per method up to 20
+    fig, ax = plt.subplots(figsize=(7 + (3.5 if len(methods) > 6 else 0), 4.5))
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
     for i, method in enumerate(methods):
         ts = sorted([t for t in rows if t["method"] == method], key=lambda t: t["ssm_params"])
-        style = dict(marker="o", capsize=3, label=_label(method))
+        style = dict(marker="o", capsize=3, label=_label(method), color=colors[i % len(colors)])
         if method.endswith("noretrain"):
             style.update(ls="--", marker="x")
         spread = 1 + 0.025 * (i - (len(methods) - 1) / 2)          # side by side at equal size, for legibility
@@ -572,7 +574,10 @@ def _plot_accuracy_vs_params(kernel, table, path, data_name):
     ax.set_xlabel("SSM parameters (all SSM layers; methods of equal size drawn side by side)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"{data_name}, {kernel}: accuracy against SSM parameter count")
-    ax.legend(fontsize=7)
+    if len(methods) > 6:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
