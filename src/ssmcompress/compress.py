@@ -320,7 +320,9 @@ def reduce_layer(layer, method: str = "bt", rank=None, energy=None, horizon="aut
     if layer.constrained:
         red, moved_per = stabilize_modes(red, STABLE_RADIUS)
         moved = int(moved_per.sum())
-    red = balance_split(layer, red, used)             # before the refit: its ridge pulls toward this C
+    # balanced before the refit too: its test for columns at rounding level compares the columns' norms, which
+    # depend on the split (its ridge and fit do not: they work in column-scaled coordinates)
+    red = balance_split(layer, red, used)
     target = impulse_response(sys, L)
     if refit:
         # and after it: the fit may give a mode of tiny B a large C (measured: C 5e9 on B_d 2e-13, an

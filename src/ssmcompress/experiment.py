@@ -47,7 +47,6 @@ EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "mo
 ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
-#: experiment method -> reduction (compress.METHODS) of a pre-trained model
 #: the N-model rows: parents and references, never compared as compressed methods
 _ORIGINALS = ("original", "original-continued", "original-hankel")
 
@@ -60,6 +59,7 @@ def parent_of(method: str) -> str:
 #: layer-adaptive methods: the same total of stored modes as rank r (layers x r/2 per channel), split between
 #: the layers by one global threshold (compress --budget); equal size means equal parameter count and total state
 ADAPTIVE = {"bt-adaptive": "bt", "last": "modal-hinf"}
+#: experiment method -> reduction (compress.METHODS) of a pre-trained model
 _COMPRESSED = {m: ADAPTIVE.get(m.replace("-noretrain", ""), m.replace("-noretrain", "").replace("hankel-", ""))
                for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS if m != "in-training"}
 LABELS = {
@@ -559,9 +559,9 @@ def _plot_accuracy_vs_params(kernel, table, path, data_name):
 
     rows = [t for t in table if t["kernel"] == kernel]
     methods = list(dict.fromkeys(t["method"] for t in rows))
-    # the legend beside the axes, not over the points; one distinct colour per method up to 20
-    fig, ax = plt.subplots(figsize=(7 + (3.5 if len(methods) > 6 else 0), 4.5))
-    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
+    beside = len(methods) > 6         # then the legend goes beside the axes, not over the points
+    fig, ax = plt.subplots(figsize=(10.5 if beside else 7, 4.5))
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors     # one colour per method up to 20
     for i, method in enumerate(methods):
         ts = sorted([t for t in rows if t["method"] == method], key=lambda t: t["ssm_params"])
         style = dict(marker="o", capsize=3, label=_label(method), color=colors[i % len(colors)])
@@ -574,10 +574,7 @@ def _plot_accuracy_vs_params(kernel, table, path, data_name):
     ax.set_xlabel("SSM parameters (all SSM layers; methods of equal size drawn side by side)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"{data_name}, {kernel}: accuracy against SSM parameter count")
-    if len(methods) > 6:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    else:
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **(dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0) if beside else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
