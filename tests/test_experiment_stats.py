@@ -184,3 +184,34 @@ def test_run_experiment_refuses_a_folder_made_with_other_settings(tmp_path):
     check_same_settings(made, tmp_path)
     with pytest.raises(StaleRunError, match="hankel_sample"):
         check_same_settings(ExperimentConfig(**{**asdict(made), "hankel_sample": 0.5}), tmp_path)
+
+
+_SUB_RUN = """
+import json, sys
+from pathlib import Path
+from ssmcompress.data import load_dataset
+from ssmcompress.experiment import _train_run
+from ssmcompress.nn import SequenceModel
+from ssmcompress.train import TrainConfig
+data = load_dataset("digits")
+make = lambda: SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4, l_max=64)
+summary = _train_run(Path(sys.argv[1]), make, TrainConfig(epochs=3, batch_size=256, seed=0), data, {})
+print(json.dumps(summary))
+"""
+
+
+def test_two_processes_never_train_one_sub_run_at_once(tmp_path):
+    """Two experiment processes that reach the same sub-run: the second waits for the first, then skips the
+    finished run (before the lock both trained it into the same files)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "seed0" / "original"
+    procs = [subprocess.Popen([sys.executable, "-c", _SUB_RUN, str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    assert first == second
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 3
+    assert sum("is being made by another process; waiting for it." in err for _, err in outs) <= 1

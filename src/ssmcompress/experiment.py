@@ -21,10 +21,12 @@ compared with ``legs`` and ``legs-budget`` seed by seed (paired t-test, Wilcoxon
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,15 +192,44 @@ def _job_list(cfg: ExperimentConfig) -> list[tuple]:
     return jobs
 
 
+@contextlib.contextmanager
+def sub_run_lock(folder: Path):
+    """Hold an exclusive lock on the sub-run ``folder`` (the file ``.<name>.lock`` beside it) while it is made.
+
+    Several ``experiment`` processes may share one experiment folder (say, one per list of seeds).  Without the
+    lock, two of them that reach the same sub-run (an overlapping seed list, or ``--seeds 4`` read as seeds
+    0..3) would train it at once into the same files.  With it, the second waits, then finds the sub-run
+    finished and skips it.  POSIX ``flock``: released by the kernel when a process dies; where ``fcntl`` is
+    missing (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:          # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{folder} is being made by another process; waiting for it.", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _train_run(folder: Path, make_model, tcfg: TrainConfig, data, run_config: dict) -> dict:
-    """Train one sub-run unless it is finished; resume it when it was interrupted."""
-    if (folder / "summary.json").is_file():
-        return ckpt.read_json(folder / "summary.json")
-    resume = (folder / ckpt.STATE).is_file()
-    if folder.exists() and not resume:
-        shutil.rmtree(folder)          # started but no epoch finished: start again
-    torch.manual_seed(tcfg.seed)
-    return train(make_model(), data, tcfg, folder, run_config=run_config, resume=resume, progress=False)
+    """Train one sub-run unless it is finished; resume it when it was interrupted (under :func:`sub_run_lock`)."""
+    with sub_run_lock(folder):
+        if (folder / "summary.json").is_file():
+            return ckpt.read_json(folder / "summary.json")
+        resume = (folder / ckpt.STATE).is_file()
+        if folder.exists() and not resume:
+            shutil.rmtree(folder)          # started but no epoch finished: start again
+        torch.manual_seed(tcfg.seed)
+        return train(make_model(), data, tcfg, folder, run_config=run_config, resume=resume, progress=False)
 
 
 def _warm_start(pre: Path, model_kwargs: dict):
@@ -294,10 +325,12 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             base_run = seed_dir / parent_of(kind)
             name = kind.replace("-noretrain", "")
             comp = seed_dir / f"r{r}" / f"{name}-compressed"
-            if not (comp / "summary.json").is_file():
-                shutil.rmtree(comp, ignore_errors=True)
-                size = {"budget": r / cfg.state_dim} if name in ADAPTIVE else {"rank": r}
-                compress_run(base_run, comp, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data, **size)
+            with sub_run_lock(comp):
+                if not (comp / "summary.json").is_file():
+                    shutil.rmtree(comp, ignore_errors=True)
+                    size = {"budget": r / cfg.state_dim} if name in ADAPTIVE else {"rank": r}
+                    compress_run(base_run, comp, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data,
+                                 **size)
             if kind.endswith("-noretrain"):
                 rows.append(_row(kind, kernel, r, seed, False, ckpt.read_json(comp / "summary.json"), comp, rank=r))
             else:
