@@ -12,7 +12,7 @@ for the report.
         --seeds 0,1 --ranks 8 --out runs/hankel_sweep_mnist1d
 
 Models: the same shape as ``experiment`` (``--d-model``, ``--layers``, ``--state-dim``, kernel s4d);
-sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` and are reused when finished.
+sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` (``..._rel`` with ``--relative``) and are reused when finished.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def _orders(text):
 
 
 def pretrain(args, data, weight, order, seed) -> Path:
-    folder = Path(args.out) / f"w{weight:g}_o{order if order is not None else 'all'}" / f"seed{seed}"
+    rel = "_rel" if args.relative and weight > 0 else ""
+    folder = Path(args.out) / f"w{weight:g}_o{order if order is not None else 'all'}{rel}" / f"seed{seed}"
     if (folder / "summary.json").is_file():
         return folder
     if folder.exists():
@@ -56,7 +57,8 @@ def pretrain(args, data, weight, order, seed) -> Path:
     model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
                           kernel=args.kernel, init="legs")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
-                      hankel_order=order if weight > 0 else None, hankel_sample=args.sample if weight > 0 else 1.0)
+                      hankel_order=order if weight > 0 else None, hankel_sample=args.sample if weight > 0 else 1.0,
+                      hankel_relative=args.relative and weight > 0)
     train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}}, progress=False)
     return folder
 
@@ -67,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=_floats, default=[0.0, 0.01, 0.1])
     p.add_argument("--orders", type=_orders, default=[8], help="comma list of real orders, or 'all' (nuclear norm)")
     p.add_argument("--sample", type=float, default=1.0, help="train --hankel-sample of the penalty")
+    p.add_argument("--relative", action="store_true",
+                   help="train --hankel-relative: the tail as a share of all Hankel singular values (needs orders)")
     p.add_argument("--seeds", type=_ints, default=[0, 1])
     p.add_argument("--ranks", type=_ints, default=[8])
     p.add_argument("--methods", default="bt,modal-hinf")
@@ -90,7 +94,8 @@ def main(argv=None) -> int:
         for r, method in itertools.product(args.ranks, args.methods.split(",")):
             small, _ = compress_model(model, method=method, rank=r)
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
-            rows.append({"seed": seed, "weight": weight, "order": order, "rank": r, "method": method,
+            rows.append({"seed": seed, "weight": weight, "order": order, "relative": args.relative and weight > 0,
+                         "rank": r, "method": method,
                          "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early", False),
                          "val": acc["val"], "test": acc["test"],
                          "val_compressed": comp["val"], "test_compressed": comp["test"]})
@@ -118,12 +123,13 @@ def report(rows, args) -> str:
              "test compressed − unregularised original (points, paired t p) |",
              "|---:|---|---:|---|---|---|---|---|---|---|---|"]
     base = {r["seed"]: r["test"] for r in rows if r["weight"] == 0}
-    keyf = lambda r: (r["weight"], str(r["order"]), -r["rank"], r["method"])
+    keyf = lambda r: (r["weight"], str(r["order"]), bool(r.get("relative")), -r["rank"], r["method"])
     for key, grp in itertools.groupby(sorted(rows, key=keyf), key=keyf):
         grp = list(grp)
         comp = [g["test_compressed"] for g in grp]
         early = sum(bool(g.get("stopped_early")) for g in grp)
         order = "-" if grp[0]["weight"] == 0 else ("all" if grp[0]["order"] is None else grp[0]["order"])
+        order = f"{order} (share)" if grp[0].get("relative") else order
         lines.append(f"| {grp[0]['weight']:g} | {order} | {grp[0]['rank']} | {grp[0]['method']} | {early}/{len(grp)} | "
                      f"{f([g['val'] for g in grp])} | {f([g['test'] for g in grp])} | "
                      f"{f([g['val_compressed'] for g in grp])} | {f(comp)} | "

@@ -124,14 +124,14 @@ def test_float32_layer_uses_its_own_kernel_system():
 
 # ----------------------------------------------------------------------------- gradients
 
-def _as_function(layer, order):
+def _as_function(layer, order, relative=False):
     names = [n for n, _ in layer.named_parameters()]
 
     def penalty(*params):
         saved = dict(layer._parameters)
         layer._parameters.update(dict(zip(names, params)))
         try:
-            return hankel_penalty(layer, order)
+            return hankel_penalty(layer, order, relative=relative)
         finally:
             layer._parameters.update(saved)
 
@@ -145,6 +145,13 @@ def test_gradient_matches_finite_differences(kernel, order):
     penalty, params = _as_function(layer, order)
     assert {"log_dt", "A_imag", "B", "C"} <= {n for n, _ in layer.named_parameters()}
     assert torch.autograd.gradcheck(penalty, params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["s4d", "dss-softmax"])
+def test_gradient_of_the_relative_penalty_matches_finite_differences(kernel):
+    layer = _layer(kernel, "lin", H=2, N=8, l_max=50, seed=2, shake=0.05, learn_B=True, dt_min=0.05, dt_max=0.5)
+    penalty, params = _as_function(layer, 3, relative=True)
+    assert torch.autograd.gradcheck(penalty, params, eps=1e-6, atol=1e-8, rtol=1e-5)
 
 
 def test_gradient_is_finite_on_a_model_at_initialisation():
@@ -168,6 +175,29 @@ def test_penalty_is_the_channel_mean_of_the_tail():
         assert float(hankel_penalty(model, order).detach()) == pytest.approx(want, rel=1e-12)
     assert float(hankel_penalty(model, 16).detach()) == 0.0
     assert float(hankel_penalty(model.ssm_layers()[1], 2).detach()) == pytest.approx(float(hsv[1][:, 2:].sum()) / 5)
+
+
+def test_relative_penalty_is_the_channel_mean_of_the_tail_share_and_ignores_scale():
+    torch.manual_seed(0)
+    model = SequenceModel(1, 3, d_model=5, layers=2, state_dim=[16, 8], kernel="s4d").double()
+    hsv = [layer_hankel_singular_values(layer).detach() for layer in model.ssm_layers()]
+    for order in (0, 2, 9):
+        want = sum(float((h[:, order:].sum(1) / h.sum(1)).sum()) for h in hsv) / 10
+        assert float(hankel_penalty(model, order, relative=True).detach()) == pytest.approx(want, rel=1e-12)
+    assert float(hankel_penalty(model, 0, relative=True).detach()) == pytest.approx(1.0, rel=1e-14)
+    before_abs = float(hankel_penalty(model, 2).detach())
+    before_rel = float(hankel_penalty(model, 2, relative=True).detach())
+    with torch.no_grad():                          # the same kernels, 7 times larger
+        for layer in model.ssm_layers():
+            layer.C.mul_(7.0)
+    assert float(hankel_penalty(model, 2).detach()) == pytest.approx(7 * before_abs, rel=1e-10)
+    assert float(hankel_penalty(model, 2, relative=True).detach()) == pytest.approx(before_rel, rel=1e-10)
+    with torch.no_grad():                          # a channel with no output has no energy and contributes 0
+        model.ssm_layers()[1].C[0].zero_()
+    h1 = layer_hankel_singular_values(model.ssm_layers()[1]).detach()
+    share = [float(h[:, 2:].sum(1)[i] / h.sum(1)[i]) for h in [layer_hankel_singular_values(model.ssm_layers()[0]).detach()]
+             for i in range(5)] + [0.0] + [float(h1[i, 2:].sum() / h1[i].sum()) for i in range(1, 5)]
+    assert float(hankel_penalty(model, 2, relative=True).detach()) == pytest.approx(sum(share) / 10, rel=1e-10)
 
 
 def test_sampled_penalty_is_an_unbiased_estimate_of_the_full_one():
@@ -203,6 +233,7 @@ def test_sampled_penalty_is_an_unbiased_estimate_of_the_full_one():
 @pytest.mark.parametrize("bad, phrase", [
     (dict(sample=0), "sample"), (dict(sample=1.5), "sample"), (dict(sample=True), "sample"),
     (dict(order=-1), "order"), (dict(order=2.5), "order"), (dict(horizon=0), "horizon"),
+    (dict(relative=True), "needs an order"), (dict(order=2, relative=1), "relative must be True or False"),
 ])
 def test_penalty_argument_errors(bad, phrase):
     layer = _layer("s4d", H=2, N=4)
@@ -265,7 +296,13 @@ def test_train_flag_records_the_penalty(tmp_path, capsys):
     assert all(np.isfinite(r["hankel_penalty"]) and r["hankel_penalty"] > 0 for r in rows)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["hankel_reg"] == 0.5 and cfg["train"]["hankel_order"] == 2
-    assert cfg["train"]["hankel_sample"] == 0.5
+    assert cfg["train"]["hankel_sample"] == 0.5 and cfg["train"]["hankel_relative"] is False
+    share = tmp_path / "share"
+    assert main(["train", "--data", "digits", "--out", str(share), "--epochs", "1", "--hankel-reg", "0.5",
+                 "--hankel-order", "2", "--hankel-relative", *TINY]) == 0
+    row = json.loads((share / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < row["hankel_penalty"] < 1          # a share of the Hankel energy
+    assert json.loads((share / "config.json").read_text())["train"]["hankel_relative"] is True
     plain = tmp_path / "plain"
     assert main(["train", "--data", "digits", "--out", str(plain), "--epochs", "1", *TINY]) == 0
     assert "hankel_penalty" not in json.loads((plain / "metrics.jsonl").read_text().splitlines()[0])
@@ -275,6 +312,8 @@ def test_train_flag_records_the_penalty(tmp_path, capsys):
     (["--hankel-order", "2"], "needs --hankel-reg"),
     (["--hankel-sample", "0.5"], "needs --hankel-reg"),
     (["--hankel-reg", "1", "--hankel-order", "8"], "not below the state dimension"),
+    (["--hankel-relative"], "--hankel-relative needs --hankel-reg"),
+    (["--hankel-reg", "1", "--hankel-relative"], "--hankel-relative needs --hankel-reg WEIGHT > 0 and --hankel-order"),
 ])
 def test_train_flag_mistakes_exit_2(argv, phrase, tmp_path, capsys):
     out = tmp_path / "x"

@@ -149,11 +149,12 @@ def cmd_train(args) -> int:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
         options = dict(args.data_option or [])
         data = _load_data(args.data, options)
+        _check_hankel_relative(args)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
-                           hankel_sample=args.hankel_sample, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
+                           hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -179,6 +180,12 @@ def cmd_train(args) -> int:
             print(f"run {out}: best val accuracy {summary['best_val_accuracy']} (epoch {summary['best_epoch']}), "
                   f"test accuracy {acc if acc is None else round(acc, 4)}, {summary['wall_s']:.1f} s")
     return 0
+
+
+def _check_hankel_relative(args) -> None:
+    if args.hankel_relative and (args.hankel_reg == 0 or args.hankel_order is None):
+        raise UserError("--hankel-relative needs --hankel-reg WEIGHT > 0 and --hankel-order r (the share of the "
+                        "Hankel singular values beyond r).")
 
 
 def _check_hankel_args(args, model) -> None:
@@ -330,7 +337,7 @@ def _experiment_config(args):
         data=args.data, data_options=dict(args.data_option or []), state_dim=args.state_dim, ranks=args.ranks,
         seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
         methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit, hankel_reg=args.hankel_reg,
-        hankel_order=args.hankel_order, hankel_sample=args.hankel_sample,
+        hankel_order=args.hankel_order, hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative,
         model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
@@ -351,6 +358,8 @@ def _name_list(valid, what):
 def cmd_experiment(args) -> int:
     from .experiment import markdown_table, run_experiment, summarize
 
+    if args.hankel_relative and args.hankel_order is None:
+        raise UserError("--hankel-relative needs --hankel-order r (the share of the Hankel singular values beyond r).")
     cfg = _experiment_config(args)
     out = Path(args.out)
     rows = run_experiment(cfg, out, progress=_progress(args))
@@ -468,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the penalty on this fraction of the channels per step, drawn at random (an "
                         "unbiased estimate of the mean over all channels, at about FRACTION of the cost; "
                         "default 1: every channel)")
+    h.add_argument("--hankel-relative", action="store_true",
+                   help="penalise, per channel, the Hankel singular values beyond --hankel-order as a share of all "
+                        "of them (does not change when the kernel is scaled, so the penalty cannot be met by "
+                        "shrinking the kernel; default: their sum)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder on a split",
@@ -549,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without retraining on mnist1d, see README)")
     x.add_argument("--hankel-sample", type=_share, default=1.0, metavar="FRACTION",
                    help="hankel-bt's penalty on this random fraction of the channels per step (default 1: all)")
+    x.add_argument("--hankel-relative", action="store_true",
+                   help="hankel-bt's penalty: the values beyond --hankel-order as a share of all of them, per "
+                        "channel (needs --hankel-order)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(x)

@@ -108,6 +108,7 @@ class ExperimentConfig:
     hankel_reg: float = 0.1         # weight of the Hankel penalty in the pre-training of hankel-bt (measured on digits)
     hankel_order: int | None = None  # penalise the HSVs beyond this real order (None: all of them, the nuclear norm)
     hankel_sample: float = 1.0      # fraction of channels the penalty draws per step (train --hankel-sample)
+    hankel_relative: bool = False   # penalise each channel's tail as a share of its Hankel energy (needs hankel_order)
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
     refit: bool | None = None       # least-squares refit of C, D after reduction (None: compress.DEFAULT_REFIT)
 
@@ -135,6 +136,9 @@ class ExperimentConfig:
         if isinstance(self.hankel_sample, bool) or not isinstance(self.hankel_sample, (int, float)) \
                 or not 0 < self.hankel_sample <= 1:
             raise ValueError(f"hankel_sample must be a fraction in (0, 1], got {self.hankel_sample!r}.")
+        if not isinstance(self.hankel_relative, bool) or (self.hankel_relative and self.hankel_order is None):
+            raise ValueError(f"hankel_relative must be True or False, and True only with a hankel_order, got "
+                             f"{self.hankel_relative!r} with hankel_order {self.hankel_order!r}.")
         if not self.kernels:
             raise ValueError("kernels is empty; give at least one, e.g. --kernel s4d,dss-exp.")
         for k in self.kernels:
@@ -311,7 +315,8 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
             summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
                               TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
                                              "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
-                                             "hankel_sample": cfg.hankel_sample}), data, run_cfg)
+                                             "hankel_sample": cfg.hankel_sample,
+                                             "hankel_relative": cfg.hankel_relative}), data, run_cfg)
             rows.append(_row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder))
         elif kind == "in-training":
             folder = seed_dir / f"r{r}" / "in-training"
@@ -691,7 +696,8 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
              f"- Model: {json.dumps(cfg.model)}; training: {json.dumps(cfg.train)}; reduction horizon "
              f"{cfg.horizon!r}, refit {cfg.refit if cfg.refit is not None else 'default'}"
              + (f"; Hankel penalty of `hankel-bt`: weight {cfg.hankel_reg}, "
-                f"{'all values (nuclear norm)' if cfg.hankel_order is None else f'beyond order {cfg.hankel_order}'}, "
+                f"{'all values (nuclear norm)' if cfg.hankel_order is None else f'beyond order {cfg.hankel_order}'}"
+                f"{' as a share of all of them' if cfg.hankel_relative else ''}, "
                 f"channel sample {cfg.hankel_sample}" if any(m.startswith("hankel-") for m in cfg.methods) else "")
              + ".",
              f"- Reductions as run (from the compressed runs): {used_txt}.",

@@ -44,6 +44,7 @@ class TrainConfig:
     hankel_reg: float = 0.0    # weight of the Hankel penalty (nn.hankel.hankel_penalty); 0 disables it
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
     hankel_sample: float = 1.0  # fraction of channels the penalty draws per step (unbiased estimate; 1 = all)
+    hankel_relative: bool = False  # penalise each channel's tail as a share of all its Hankel singular values
 
     def __post_init__(self):
         checks = [
@@ -61,6 +62,8 @@ class TrainConfig:
                                                            and self.hankel_order >= 0), "None or a non-negative integer"),
             ("hankel_sample", isinstance(self.hankel_sample, (int, float)) and not isinstance(self.hankel_sample, bool)
              and 0 < self.hankel_sample <= 1, "a fraction of the channels in (0, 1]"),
+            ("hankel_relative", isinstance(self.hankel_relative, bool)
+             and not (self.hankel_relative and self.hankel_order is None), "True or False, and True only with hankel_order"),
         ]
         from .compress import METHODS as REDUCTIONS
         ra = list(self.reduce_at)
@@ -316,7 +319,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             if cfg.hankel_reg > 0:  # the same penalty (and channel draw) on every rank: DDP's average keeps it
                 draw = None if cfg.hankel_sample >= 1 else torch.Generator().manual_seed(
                     cfg.seed * 1000003 + state["step"])            # reproducible, also after --resume
-                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample, generator=draw)
+                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample, generator=draw,
+                                         relative=cfg.hankel_relative)
                 loss = loss + cfg.hankel_reg * penalty.to(loss.dtype)
                 run_penalty += float(penalty.detach())
             loss.backward()

@@ -38,6 +38,11 @@ Penalty (:func:`hankel_penalty`): per channel, the sum of the Hankel singular va
 the real order r (half the H-infinity error bound of balanced truncation to order r), or all
 of them (the Hankel nuclear norm) when no order is given; **averaged over all channels of all
 SSM layers**, so that one weight means the same for any d_model, number of layers or state size.
+With ``relative=True`` each channel's tail is divided by the sum of all its Hankel singular values:
+the share of the channel's Hankel energy that truncation to r discards, in [0, 1).  The absolute tail
+can be lowered by shrinking the whole kernel (and scaling up the layers after it), which also costs
+accuracy; the share cannot (it does not change when B or C is scaled), so it presses only on how the
+energy is spread over the states.
 """
 from __future__ import annotations
 
@@ -254,7 +259,7 @@ def _resolve_horizon(layer, horizon):
     return int(horizon)
 
 
-def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None):
+def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None, relative=False):
     """Mean over all channels of all SSM layers of the Hankel singular values beyond ``order``.
 
     Parameters
@@ -273,6 +278,9 @@ def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None
         costs about ``sample`` times the full penalty.  1 (default): every channel, exactly.
     generator : torch.Generator, optional
         Source of the channel draw (default: torch's global generator).
+    relative : bool
+        Divide each channel's tail by the sum of all its Hankel singular values (needs ``order``; a channel
+        whose values are all zero contributes 0).
 
     Returns
     -------
@@ -282,6 +290,10 @@ def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None
         raise ValueError(f"order must be None or a non-negative integer (real order r), got {order!r}.")
     if isinstance(sample, bool) or not isinstance(sample, numbers.Real) or not 0 < sample <= 1:
         raise ValueError(f"sample must be a fraction of the channels in (0, 1], got {sample!r}.")
+    if not isinstance(relative, bool):
+        raise ValueError(f"relative must be True or False, got {relative!r}.")
+    if relative and order is None:
+        raise ValueError("relative=True needs an order r: the share of all Hankel singular values is always 1.")
     layers = _check_layers(model)
     groups: dict = {}
     for layer in layers:
@@ -297,7 +309,14 @@ def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None
             pick = torch.randperm(F, generator=generator)[:k].to(lam_d.device)
             lam_d, B_d, C = lam_d[pick], B_d[pick], C[pick]
         hsv = _closure_hsv(lam_d, B_d, C, h)
-        tail = hsv.sum() if order is None else hsv[:, int(order):].sum()
+        if order is None:
+            tail = hsv.sum()
+        elif relative:
+            energy = hsv.sum(1)
+            share = hsv[:, int(order):].sum(1) / torch.where(energy > 0, energy, torch.ones_like(energy))
+            tail = share.sum()
+        else:
+            tail = hsv[:, int(order):].sum()
         tail = tail * (F / k)                      # the group's share of the channels, estimated from k of F
         total = tail if total is None else total + tail
         channels += F
