@@ -107,6 +107,12 @@ def test_compress_evaluate_info_train_init_from(tmp_path, capsys):
     assert main(["compress", str(run), "--rank", "4", "--out", str(comp)]) == 0
     out = capsys.readouterr().out
     assert "before" in out and "after" in out
+    # the default (finite horizon, refit): 2 x the discarded values is named for what it is, not as a bound
+    assert "error bound" not in out and "2 x discarded Hankel s.v. max" in out and "-tap Gramians" in out
+    assert main(["compress", str(run), "--rank", "4", "--horizon", "infinite", "--no-refit",
+                 "--out", str(tmp_path / "inf")]) == 0
+    inf = capsys.readouterr().out
+    assert "error bound max" in inf and "bound holds: True" in inf and "infinite horizon; the model" not in inf
     summary = json.loads((comp / "summary.json").read_text())
     assert main(["evaluate", str(comp), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
