@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hankel-relative", action="store_true",
                    help="penalise, per channel, the Hankel singular values beyond --hankel-order as a share of all "
                         "of them (does not change when the kernel is scaled, so the penalty cannot be met by "
-                        "shrinking the kernel; default: their sum)")
+                        "shrinking the kernel; default: their sum, which compressed far better on mnist1d, see "
+                        "README)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder on a split",
