@@ -46,8 +46,10 @@ def _orders(text):
 
 
 def pretrain(args, data, weight, order, seed) -> Path:
-    rel = "_rel" if args.relative and weight > 0 else ""
-    folder = Path(args.out) / f"w{weight:g}_o{order if order is not None else 'all'}{rel}" / f"seed{seed}"
+    penalised = weight > 0          # weight 0: the unregularised original, shared by every setting
+    relative = args.relative and penalised
+    folder = (Path(args.out) / f"w{weight:g}_o{order if order is not None else 'all'}{'_rel' if relative else ''}"
+              / f"seed{seed}")
     if (folder / "summary.json").is_file():
         return folder
     if folder.exists():
@@ -57,8 +59,8 @@ def pretrain(args, data, weight, order, seed) -> Path:
     model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
                           kernel=args.kernel, init="legs")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
-                      hankel_order=order if weight > 0 else None, hankel_sample=args.sample if weight > 0 else 1.0,
-                      hankel_relative=args.relative and weight > 0)
+                      hankel_order=order if penalised else None, hankel_sample=args.sample if penalised else 1.0,
+                      hankel_relative=relative)
     train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}}, progress=False)
     return folder
 
@@ -91,10 +93,11 @@ def main(argv=None) -> int:
         model, _ = ckpt.load_model(run)
         acc = {s: evaluate(model, *splits[s], task=data.task)["accuracy"] for s in splits}
         summary = ckpt.read_json(run / "summary.json")
+        relative = ckpt.read_run_config(run)["train"].get("hankel_relative", False)   # as the run was trained
         for r, method in itertools.product(args.ranks, args.methods.split(",")):
             small, _ = compress_model(model, method=method, rank=r)
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
-            rows.append({"seed": seed, "weight": weight, "order": order, "relative": args.relative and weight > 0,
+            rows.append({"seed": seed, "weight": weight, "order": order, "relative": relative,
                          "rank": r, "method": method,
                          "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early", False),
                          "val": acc["val"], "test": acc["test"],
