@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_reduce.py
 	$(PY) benchmarks/lapack_floor.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_stream.py
 	$(PY) benchmarks/bench_hankel.py
 

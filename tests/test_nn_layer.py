@@ -242,3 +242,77 @@ def test_shapes(batch, length, H, n, kernel, init):
     with torch.no_grad():
         ys = run_steps(layer, u)
     torch.testing.assert_close(ys, y.detach(), rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- causal_conv's own backward pass
+
+def _conv_reference(v, K, D):
+    """Plain autograd through the FFTs, and brute force for the values."""
+    L = v.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(v, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L] + v * D[:, None]
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 3), H=st.integers(1, 4), L=st.integers(1, 17), seed=st.integers(0, 2**16))
+def test_causal_conv_matches_brute_force_and_autograd(batch, H, L, seed):
+    from ssmcompress.nn.layer import causal_conv
+
+    g = torch.Generator().manual_seed(seed)
+    v, K, D = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+               for s in ((batch, H, L), (H, L), (H,)))
+    y = causal_conv(v, K, D)
+    brute = torch.zeros(batch, H, L, dtype=torch.float64)
+    for t in range(L):
+        for s in range(t + 1):
+            brute[..., t] += K[:, t - s].detach() * v[..., s].detach()
+    brute += v.detach() * D.detach()[:, None]
+    torch.testing.assert_close(y.detach(), brute, rtol=1e-12, atol=1e-12)
+    w = torch.randn(batch, H, L, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(y, (v, K, D), w)
+    want = torch.autograd.grad(_conv_reference(v, K, D), (v, K, D), w)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_causal_conv_gradcheck_and_partial_gradients():
+    from ssmcompress.nn.layer import causal_conv
+
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)
+    K = torch.randn(3, 9, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(causal_conv, (v, K, D))
+    # only some inputs need gradients (frozen kernel, frozen input)
+    (dv,) = torch.autograd.grad(causal_conv(v, K.detach(), D.detach()).sum(), (v,))
+    (dK,) = torch.autograd.grad(causal_conv(v.detach(), K, D.detach()).sum(), (K,))
+    want = torch.autograd.grad(_conv_reference(v, K, D).sum(), (v, K))
+    torch.testing.assert_close(dv, want[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dK, want[1], rtol=1e-12, atol=1e-12)
+
+
+def test_causal_conv_rejects_bad_input():
+    from ssmcompress.nn.layer import causal_conv
+
+    v, K, D = torch.zeros(2, 3, 5), torch.zeros(3, 5), torch.zeros(3)
+    with pytest.raises(ValueError, match="expects v \\(batch, H, L\\)"):
+        causal_conv(v, torch.zeros(3, 4), D)
+    with pytest.raises(ValueError, match="one dtype"):
+        causal_conv(v, K.double(), D)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_layer_gradients_match_plain_autograd_and_output_is_contiguous(kernel):
+    torch.manual_seed(3)
+    layer = SSMLayer(4, 8, kernel=kernel, l_max=50).double()
+    u = torch.randn(2, 50, 4, dtype=torch.float64)
+    y = layer(u)
+    assert y.is_contiguous() and y.shape == (2, 50, 4)
+    w = torch.randn_like(y)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    got = torch.autograd.grad(y, params, w)
+    K = layer.kernel(50)
+    ref = _conv_reference(u.transpose(1, 2), K, layer.D).transpose(1, 2)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    want = torch.autograd.grad(ref, params, w)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
