@@ -215,3 +215,49 @@ def test_two_processes_never_train_one_sub_run_at_once(tmp_path):
     assert first == second
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 3
     assert sum("is being made by another process; waiting for it." in err for _, err in outs) <= 1
+
+
+def test_holm_closed_form_and_order():
+    from ssmcompress.experiment import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 1*0.04)
+    got = holm([0.01, 0.04, 0.03, 0.005])
+    assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.6]) == [1.0, None, 1.0]        # None is not a test: the family has 2
+    assert holm([]) == [] and holm([0.2]) == [0.2]
+    # brute force: the step-down rule, against every p of a random family
+    rng = np.random.default_rng(3)
+    p = list(rng.uniform(0, 0.2, 9))
+    adj = holm(p)
+    order = np.argsort(p)
+    for k, i in enumerate(order):
+        assert adj[i] == pytest.approx(max(min(1.0, (9 - j) * p[order[j]]) for j in range(k + 1)))
+    with pytest.raises(ValueError, match="p-values must be numbers in \\[0, 1\\]"):
+        holm([0.1, 1.5])
+
+
+def test_comparisons_carry_holm_within_kernel_and_reference():
+    from ssmcompress.experiment import comparison_table
+
+    rows = []
+    for seed in range(5):
+        for method, shift in (("legs", 0.0), ("legs-budget", 0.01), ("bt", 0.02 + 0.004 * seed), ("modal", 0.003 * seed)):
+            for r in (16, 8):
+                rows.append({"kernel": "s4d", "method": method, "state_dim": r, "seed": seed, "rank": r,
+                             "test_accuracy": 0.8 + shift + 0.01 * seed + 0.001 * r,
+                             "ssm_params": 10 * r, "params": 100 + 10 * r, "state_dims": [r, r]})
+    comps = comparisons(rows)
+    from ssmcompress.experiment import holm
+
+    for ref in ("legs", "legs-budget"):
+        fam = [c for c in comps if c["reference"] == ref]
+        assert [c["holm_p"] for c in fam] == pytest.approx(holm([c["t_p"] for c in fam]))
+        assert all(c["family"] == len(fam) for c in fam) and len(fam) in (4, 6)
+        for method in {c["method"] for c in fam}:
+            sub = [c for c in fam if c["method"] == method]
+            assert [c["holm_p_ranks"] for c in sub] == pytest.approx(holm([c["t_p"] for c in sub]))
+            assert all(c["family_ranks"] == 2 for c in sub)
+        assert all(c["holm_p"] >= c["holm_p_ranks"] >= c["t_p"] for c in fam)
+    assert "Holm p, ranks | Holm p, all" in comparison_table(comps)
+    lines = [line for line in verdicts(comps) if " beats " in line]
+    assert lines and all("Holm over its 2 ranks:" in line for line in lines)

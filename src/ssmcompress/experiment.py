@@ -454,7 +454,43 @@ def comparisons(rows: list[dict]) -> list[dict]:
                             for s in common)
             out.append({"kernel": kernel, "method": method, "reference": ref, "state_dim": n, "same_size": same_size,
                         **paired_comparison(a, b)})
+    return add_holm(out)
+
+
+def holm(pvalues) -> list:
+    """Holm-Bonferroni adjusted p-values of one family of tests, in the given order (None stays None).
+
+    Sorted ascending, the i-th smallest of m p-values (i from 0) becomes ``max over j <= i of
+    min(1, (m - j) p_(j))``; rejecting where the adjusted p < alpha keeps the family-wise error rate at
+    alpha for any dependence between the tests."""
+    ps = list(pvalues)
+    for p in ps:
+        if p is not None and not (isinstance(p, (int, float)) and 0 <= p <= 1):
+            raise ValueError(f"p-values must be numbers in [0, 1] or None, got {p!r}.")
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    m, out, running = len(idx), [None] * len(ps), 0.0
+    for k, i in enumerate(idx):
+        running = max(running, min(1.0, (m - k) * ps[i]))
+        out[i] = running
     return out
+
+
+def add_holm(comps: list[dict]) -> list[dict]:
+    """Add Holm-adjusted p-values to each comparison, over two families of tests in one report:
+
+    * ``holm_p_ranks`` (family size ``family_ranks``): one method against one reference at every rank, the
+      family of "method X beats the reference at rank r" for the ranks run;
+    * ``holm_p`` (family size ``family``): every method and rank against that reference (per kernel), the
+      stricter family of everything the report tested against it."""
+    for key, pk, nk in ((lambda c: (c["kernel"], c["reference"], c["method"]), "holm_p_ranks", "family_ranks"),
+                        (lambda c: (c["kernel"], c["reference"]), "holm_p", "family")):
+        fams = {}
+        for c in comps:
+            fams.setdefault(key(c), []).append(c)
+        for fam in fams.values():
+            for c, h in zip(fam, holm([c["t_p"] for c in fam])):
+                c[pk], c[nk] = h, sum(x["t_p"] is not None for x in fam)
+    return comps
 
 
 def parent_losses(rows: list[dict]) -> list[dict]:
@@ -563,12 +599,15 @@ def markdown_table(table: list[dict]) -> str:
 
 
 def comparison_table(comps: list[dict]) -> str:
-    lines = ["| r | method | against | n | mean diff (points) | 95 % CI | paired t p | Wilcoxon p | wins/losses | equal size |",
-             "|---:|---|---|---:|---:|---|---:|---:|---:|---|"]
+    lines = ["| r | method | against | n | mean diff (points) | 95 % CI | paired t p | Holm p, ranks | Holm p, all "
+             "| Wilcoxon p | wins/losses | equal size |",
+             "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for c in sorted(comps, key=lambda c: (-c["state_dim"], c["reference"], c["method"])):
         ci = "n/a" if c["ci_low"] is None else f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
         lines.append(f"| {c['state_dim']} | {_label(c['method'])} | {_label(c['reference'])} | {c['n']} | "
-                     f"{100 * c['mean_diff']:+.2f} | {ci} | {_fmt_p(c['t_p'])} | {_fmt_p(c['wilcoxon_p'])} | "
+                     f"{100 * c['mean_diff']:+.2f} | {ci} | {_fmt_p(c['t_p'])} | {_fmt_p(c.get('holm_p_ranks'))} | "
+                     f"{_fmt_p(c.get('holm_p'))} | "
+                     f"{_fmt_p(c['wilcoxon_p'])} | "
                      f"{c['wins']}/{c['losses']} | {'yes' if c['same_size'] else 'NO'} |")
     return "\n".join(lines)
 
@@ -586,9 +625,15 @@ def verdicts(comps: list[dict], alpha: float = 0.05) -> list[str]:
             word = "is beaten by"
         else:
             word = "does not beat" if c["mean_diff"] <= 0 else "is not significantly better than"
+        holm_note = ""
+        if sig and c.get("holm_p") is not None:
+            kept = lambda q: "holds" if q < alpha else "does not hold"
+            holm_note = (f"; Holm over its {c['family_ranks']} ranks: {kept(c['holm_p_ranks'])}, "
+                         f"p = {_fmt_p(c['holm_p_ranks'])}; over all {c['family']} comparisons against this "
+                         f"reference: {kept(c['holm_p'])}, p = {_fmt_p(c['holm_p'])}")
         out.append(f"- {c['kernel']}, r = {c['state_dim']}: {_label(c['method'])} {word} {_label(c['reference'])} "
                    f"({100 * c['mean_diff']:+.2f} points, paired t p = {_fmt_p(c['t_p'])}, "
-                   f"Wilcoxon p = {_fmt_p(c['wilcoxon_p'])}, n = {c['n']}).")
+                   f"Wilcoxon p = {_fmt_p(c['wilcoxon_p'])}, n = {c['n']}{holm_note}).")
     return out
 
 
@@ -744,7 +789,11 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
         lines += ["### Paired comparisons (method − reference, per seed)", "", comparison_table(kc), "",
                   "A method wins when the paired difference is positive with p < 0.05. With n = 5 seeds the exact "
                   "two-sided Wilcoxon signed-rank p cannot fall below 0.0625 (n = 6: 0.031), so it confirms only "
-                  "with more seeds; the paired t-test assumes roughly normal differences.", ""] + verdicts(kc) + [""]
+                  "with more seeds; the paired t-test assumes roughly normal differences. Holm p: the t-test p "
+                  "adjusted by Holm-Bonferroni, which bounds the chance of any false win in a family at 0.05; "
+                  "'ranks': the family of one method against one reference at every rank, 'all': every method and "
+                  "rank against that reference in this section.", ""] \
+            + verdicts(kc) + [""]
         kr = [c for c in corr if c["kernel"] == kernel]
         if kr:
             lines += ["### Correlation of original and compressed accuracy over seeds", "",
