@@ -261,3 +261,89 @@ def test_comparisons_carry_holm_within_kernel_and_reference():
     assert "Holm p, ranks | Holm p, all" in comparison_table(comps)
     lines = [line for line in verdicts(comps) if " beats " in line]
     assert lines and all("Holm over its 2 ranks:" in line for line in lines)
+
+
+def test_anneal_on_stop_goes_back_to_the_best_checkpoint_and_decays_the_rate_to_zero(tmp_path):
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import TrainConfig, train
+    import torch
+
+    data = load_dataset("digits")
+    make = lambda: (torch.manual_seed(0), SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4,
+                                                        l_max=64))[1]
+    cfg = TrainConfig(epochs=30, patience=2, lr=1e-7, ssm_lr=0.0, batch_size=512, seed=0, anneal=3)
+    plain = train(make(), data, TrainConfig(**{**cfg.__dict__, "anneal": 0}), tmp_path / "plain", progress=False)
+    summary = train(make(), data, cfg, tmp_path / "run", progress=False)
+    stop = plain["epochs"]
+    assert summary["annealed_from_epoch"] == stop and summary["epochs"] == stop + 3 and summary["stopped_early"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plain_rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_accuracy"] for r in rows[:stop]] == [r["val_accuracy"] for r in plain_rows]   # same run until the stop
+    # the rate of each annealing epoch's last step: a cosine from the schedule's factor at the stop to zero
+    import math
+
+    from ssmcompress.train import lr_factor
+    spe = math.ceil(len(data.split("train")[0]) / cfg.batch_size)
+    f0 = lr_factor(stop * spe, 30 * spe, cfg.warmup)
+    want = [cfg.lr * f0 * 0.5 * (1 + math.cos(math.pi * ((k + 1) * spe - 1) / (3 * spe))) for k in range(3)]
+    assert [r["lr"] for r in rows[stop:]] == pytest.approx(want, rel=1e-9)
+    assert f0 < 1 and want[-1] < 0.05 * cfg.lr * f0
+    # resuming a finished annealed run changes nothing; anneal needs patience and a non-negative count
+    again = train(make(), data, cfg, tmp_path / "run", resume=True, progress=False)
+    assert again["epochs"] == summary["epochs"]
+    with pytest.raises(ValueError, match="anneal"):
+        TrainConfig(anneal=2)
+    with pytest.raises(ValueError, match="anneal"):
+        TrainConfig(anneal=-1, patience=2)
+
+
+def test_anneal_starts_from_the_best_weights_and_resumes_exactly(tmp_path, monkeypatch):
+    """The first annealing epoch trains from the best checkpoint, not from the weights of the stopping epoch; a
+    run killed while annealing and resumed ends exactly where the uninterrupted one does."""
+    from safetensors.torch import load_file
+
+    from ssmcompress import checkpoint as ckpt
+    from ssmcompress import train as train_mod
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import TrainConfig, train
+    import torch
+
+    data = load_dataset("digits")
+    make = lambda: (torch.manual_seed(0), SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4,
+                                                        l_max=64))[1]
+    cfg = TrainConfig(epochs=40, patience=2, lr=3e-3, ssm_lr=1e-3, batch_size=256, seed=1, anneal=3)
+    states, real_save = {}, train_mod._save_last
+
+    def record(out, model, opt, state):
+        states.setdefault((state["epoch"], bool(state.get("anneal"))),
+                          {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_save(out, model, opt, state)
+    monkeypatch.setattr(train_mod, "_save_last", record)
+    full = train(make(), data, cfg, tmp_path / "full", progress=False)
+    monkeypatch.setattr(train_mod, "_save_last", real_save)
+    stop = full["annealed_from_epoch"]
+    history = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    best_before = 1 + max(range(stop), key=lambda e: (history[e]["val_accuracy"], -e))
+    assert best_before < stop
+    start = states[(stop, True)]           # the weights annealing starts from
+    for k, v in states[(best_before, False)].items():
+        torch.testing.assert_close(start[k], v, rtol=0, atol=0)
+    assert any(not torch.equal(start[k], v) for k, v in states[(stop, False)].items())
+
+    real_write = ckpt.write_text
+
+    def die_in_annealing(path, text):
+        real_write(path, text)
+        if text.count("\n") == stop + 1:        # metrics.jsonl after the first annealing epoch
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ckpt, "write_text", die_in_annealing)
+    with pytest.raises(KeyboardInterrupt):
+        train(make(), data, cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(ckpt, "write_text", real_write)
+    resumed = train(make(), data, cfg, tmp_path / "killed", resume=True, progress=False)
+    assert resumed["epochs"] == full["epochs"] and resumed["test_accuracy"] == full["test_accuracy"]
+    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "killed" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -216,3 +216,22 @@ def test_every_command_has_help(capsys):
             main([cmd, "--help"])
         assert exc.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+def test_anneal_on_stop_flag(tmp_path, capsys):
+    from ssmcompress.cli import main
+
+    tiny = ["--d-model", "4", "--layers", "1", "--state-dim", "4", "--batch-size", "512"]
+    out = tmp_path / "a"
+    assert main(["train", "--data", "digits", "--out", str(out), "--epochs", "30", "--patience", "1",
+                 "--lr", "1e-7", "--ssm-lr", "0", "--anneal-on-stop", "2", *tiny]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == summary["annealed_from_epoch"] + 2
+    assert json.loads((out / "config.json").read_text())["train"]["anneal"] == 2
+    capsys.readouterr()
+    for cmd in (["train", "--data", "digits", "--out", str(tmp_path / "b")],
+                ["experiment", "--data", "digits", "--patience", "0", "--out", str(tmp_path / "c")]):
+        assert main([*cmd, "--anneal-on-stop", "3", *tiny]) == 2
+        err = capsys.readouterr().err
+        assert "--anneal-on-stop 3 needs --patience N > 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -150,11 +150,13 @@ def cmd_train(args) -> int:
         options = dict(args.data_option or [])
         data = _load_data(args.data, options)
         _check_hankel_relative(args)
+        _check_anneal(args)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
-                           hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method)
+                           hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method,
+                           anneal=args.anneal_on_stop)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -180,6 +182,11 @@ def cmd_train(args) -> int:
             print(f"run {out}: best val accuracy {summary['best_val_accuracy']} (epoch {summary['best_epoch']}), "
                   f"test accuracy {acc if acc is None else round(acc, 4)}, {summary['wall_s']:.1f} s")
     return 0
+
+
+def _check_anneal(args) -> None:
+    if args.anneal_on_stop and not args.patience:
+        raise UserError(f"--anneal-on-stop {args.anneal_on_stop} needs --patience N > 0 (the early stop it replaces).")
 
 
 def _check_hankel_relative(args) -> None:
@@ -349,7 +356,9 @@ def _experiment_config(args):
         model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
-                   warmup=args.warmup, grad_clip=args.grad_clip, device=args.device, patience=args.patience))
+                   warmup=args.warmup, grad_clip=args.grad_clip, device=args.device, patience=args.patience,
+                   # only when asked: experiment folders made before the option existed keep their settings
+                   **({"anneal": args.anneal_on_stop} if args.anneal_on_stop else {})))
 
 
 def _name_list(valid, what):
@@ -368,6 +377,7 @@ def cmd_experiment(args) -> int:
 
     if args.hankel_relative and args.hankel_order is None:
         raise UserError("--hankel-relative needs --hankel-order r (the share of the Hankel singular values beyond r).")
+    _check_anneal(args)
     cfg = _experiment_config(args)
     out = Path(args.out)
     rows = run_experiment(cfg, out, progress=_progress(args))
@@ -441,6 +451,10 @@ def _add_train_args(p) -> None:
     g.add_argument("--grad-clip", type=_nonneg_float, default=1.0, help="max gradient norm, 0 = off (default 1)")
     g.add_argument("--patience", type=_nonneg_int, default=0,
                    help="stop after this many epochs without a better validation score; 0 = off (default 0)")
+    g.add_argument("--anneal-on-stop", type=_nonneg_int, default=0, metavar="EPOCHS",
+                   help="with --patience: when validation stops rising, go back to the best checkpoint and train "
+                        "EPOCHS more with the learning rate decaying to zero, instead of stopping at a learning "
+                        "rate the cosine schedule has not yet lowered (default 0: plain stop)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
 

@@ -45,6 +45,8 @@ class TrainConfig:
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
     hankel_sample: float = 1.0  # fraction of channels the penalty draws per step (unbiased estimate; 1 = all)
     hankel_relative: bool = False  # penalise each channel's tail as a share of all its Hankel singular values
+    anneal: int = 0            # on an early stop: this many more epochs from the best checkpoint, the learning
+                               # rate decaying (cosine) from its value at the stop to zero; 0 = plain stop
 
     def __post_init__(self):
         checks = [
@@ -57,6 +59,8 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "non-negative (0 disables clipping)"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
             ("patience", isinstance(self.patience, int) and self.patience >= 0, "a non-negative integer (0 = off)"),
+            ("anneal", isinstance(self.anneal, int) and not isinstance(self.anneal, bool) and self.anneal >= 0
+             and (self.anneal == 0 or self.patience > 0), "a non-negative integer, and > 0 only with patience"),
             ("hankel_reg", self.hankel_reg >= 0 and math.isfinite(self.hankel_reg), "a non-negative finite number"),
             ("hankel_order", self.hankel_order is None or (isinstance(self.hankel_order, int)
                                                            and self.hankel_order >= 0), "None or a non-negative integer"),
@@ -136,6 +140,16 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
         return (step + 1) / w
     progress = (step - w) / max(1, total - w)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _lr_now(state: dict, total: int, warmup: float) -> float:
+    """The learning-rate factor of the next step: the run's schedule, or after an early stop with annealing,
+    a cosine from the factor at the stop to zero over the annealing steps."""
+    an = state.get("anneal")
+    if not an:
+        return lr_factor(state["step"], total, warmup)
+    done = (state["step"] - an["start_step"]) / max(1, an["steps"])
+    return an["factor"] * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def loss_and_correct(model, x, y, lengths, task: str, reduction: str = "mean"):
@@ -310,7 +324,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             n_global = len(idx)
             idx = idx[rank::world]
             xb, yb, lb = (batch_rows(a, idx, device) for a in (x_tr, y_tr, l_tr))
-            f = lr_factor(state["step"], total_steps, cfg.warmup)
+            f = _lr_now(state, total_steps, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
             loss_sum, _ = loss_and_correct(net, xb, yb, lb, task, reduction="sum")
@@ -367,14 +381,30 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
             state["best_epoch"] = epoch + 1
         reductions_done = not cfg.reduce_at or state["epoch"] > cfg.reduce_at[-1]
-        if (cfg.patience and reductions_done and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience
-                and state["epoch"] < cfg.epochs):
+        an = state.get("anneal")
+        patience_out = (cfg.patience and reductions_done and not an and state["epoch"] < cfg.epochs
+                        and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience)
+        if patience_out and cfg.anneal > 0:
+            # instead of stopping: back to the best checkpoint, then the learning rate from its value now to zero
+            n_ep = min(cfg.anneal, cfg.epochs - state["epoch"])
+            state["anneal"] = {"start_epoch": state["epoch"], "end_epoch": state["epoch"] + n_ep,
+                               "start_step": state["step"], "steps": n_ep * steps_per_epoch,
+                               "factor": lr_factor(state["step"], total_steps, cfg.warmup)}
+            ckpt.load_state(model, ckpt.read_tensors(out / ckpt.WEIGHTS), out / ckpt.WEIGHTS)
+            message = (f"no better validation score for {cfg.patience} epochs: back to epoch {state['best_epoch']}, "
+                       f"annealing the learning rate to zero over {n_ep} epochs")
+        elif patience_out or (an and state["epoch"] >= an["end_epoch"]):      # early stop, or annealing done
             state["stopped_early"] = True
+            message = (f"annealed for {an['end_epoch'] - an['start_epoch']} epochs after the early stop" if an
+                       else f"early stop: no better validation score for {cfg.patience} epochs")
+        if patience_out or state.get("stopped_early"):
             if rank == 0:
                 _save_last(out, model, opt, state)
                 if progress:
-                    tqdm.write(f"early stop: no better validation score for {cfg.patience} epochs")
-            break
+                    tqdm.write(message)
+            if state.get("stopped_early"):
+                break
+            continue
         if state["epoch"] in cfg.reduce_at:
             model, opt = _reduce_in_training(model, cfg, state, device)
             net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -394,6 +424,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                "wall_s": round(state["wall_s"], 3), "state_dims": model.state_dims}
     if state.get("reductions"):
         summary["reductions"] = state["reductions"]
+    if state.get("anneal"):
+        summary["annealed_from_epoch"] = state["anneal"]["start_epoch"]
     if rank == 0:
         best = ckpt.read_tensors(out / ckpt.WEIGHTS)
         ckpt.load_state(model, best, out / ckpt.WEIGHTS)
