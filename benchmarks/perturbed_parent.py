@@ -97,12 +97,12 @@ def perturb(model: torch.nn.Module, variant: str, sigma: float, seed: int) -> to
 
 
 def match_accuracy(model, variant: str, seed: int, target: float, x, y, lengths, task: str,
-                   tol: float = 0.005, lo: float = 1e-4, hi: float = 10.0, steps: int = 30):
+                   tol: float = 0.005, lo: float = 1e-4, hi: float = 10.0, steps: int = 30, base: float | None = None):
     """Bisection in log sigma for the perturbation whose validation accuracy is within ``tol`` of ``target``.
 
     Returns ``(sigma, accuracy, perturbed model)``; the closest one found when the tolerance is not reached."""
     acc = lambda m: evaluate(m, x, y, lengths, task=task)["accuracy"]
-    base = acc(model)
+    base = acc(model) if base is None else base        # the caller may have measured the parent already
     if target >= base:
         return 0.0, base, perturb(model, variant, 0.0, seed)
     best = None
@@ -142,7 +142,8 @@ def run(folder: Path, kernel: str, rank: int, method: str, variants, out: Path, 
         parent, _ = ckpt.load_model(pre)
         reduced, _ = ckpt.load_model(comp)
         target = evaluate(reduced, xv, yv, lv, task=data.task)["accuracy"]
-        row = {"seed": seed, "parent_val": evaluate(parent, xv, yv, lv, task=data.task)["accuracy"],
+        parent_val = evaluate(parent, xv, yv, lv, task=data.task)["accuracy"]
+        row = {"seed": seed, "parent_val": parent_val,
                "parent_test": ckpt.read_json(pre / "summary.json")["test_accuracy"],
                "reduced_val": target,
                "reduced_test": evaluate(reduced, xt, yt, lt, task=data.task)["accuracy"],
@@ -152,11 +153,11 @@ def run(folder: Path, kernel: str, rank: int, method: str, variants, out: Path, 
                "continued_epochs": ckpt.read_json(cont / "summary.json").get("epochs")}
         for variant in variants:
             if variant == EMBEDDED:
-                start = embed(reduced, parent.config["state_dim"] if isinstance(parent.config["state_dim"], int)
-                              else max(parent.config["state_dim"]))
+                start = embed(reduced, max(parent.state_dims))
                 sigma, val = None, evaluate(start, xv, yv, lv, task=data.task)["accuracy"]
             else:
-                sigma, val, start = match_accuracy(parent, variant, seed, target, xv, yv, lv, data.task)
+                sigma, val, start = match_accuracy(parent, variant, seed, target, xv, yv, lv, data.task,
+                                                   base=parent_val)
             start_test = evaluate(start, xt, yt, lt, task=data.task)["accuracy"]   # before training moves it
             run_dir = out / kernel / f"seed{seed}" / f"r{rank}" / f"perturbed-{variant}"
             tcfg = TrainConfig(**{**cfg["train"], "epochs": main_epochs, "seed": seed})
