@@ -347,3 +347,29 @@ def test_anneal_starts_from_the_best_weights_and_resumes_exactly(tmp_path, monke
     a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "killed" / "last.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_min_epochs_keeps_patience_from_stopping_before_the_floor(tmp_path):
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import TrainConfig, train
+    import torch
+
+    data = load_dataset("digits")
+    make = lambda: (torch.manual_seed(0), SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4,
+                                                        l_max=64))[1]
+    # a learning rate too small to move validation: patience 1 stops at epoch 2 without a floor
+    cfg = TrainConfig(epochs=12, patience=1, lr=1e-9, ssm_lr=0.0, batch_size=512, seed=0)
+    plain = train(make(), data, cfg, tmp_path / "plain", progress=False)
+    assert plain["stopped_early"] and plain["epochs"] < 6
+    floored = train(make(), data, TrainConfig(**{**cfg.__dict__, "min_epochs": 6}), tmp_path / "floor", progress=False)
+    assert floored["stopped_early"] and floored["epochs"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "floor" / "metrics.jsonl").read_text().splitlines()]
+    plain_rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in rows[:plain["epochs"]]] == [r["val_loss"] for r in plain_rows]
+    full = train(make(), data, TrainConfig(**{**cfg.__dict__, "min_epochs": 12}), tmp_path / "full", progress=False)
+    assert full["epochs"] == 12 and not full["stopped_early"]
+    with pytest.raises(ValueError, match="min_epochs=3 is invalid; expected an integer in \\[0, epochs=12\\]"):
+        TrainConfig(epochs=12, min_epochs=3)               # no patience to delay
+    with pytest.raises(ValueError, match="min_epochs=13 is invalid"):
+        TrainConfig(epochs=12, patience=2, min_epochs=13)

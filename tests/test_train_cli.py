@@ -235,3 +235,22 @@ def test_anneal_on_stop_flag(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--anneal-on-stop 3 needs --patience N > 0" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_min_epochs_flag(tmp_path, capsys):
+    from ssmcompress.cli import main
+
+    tiny = ["--d-model", "4", "--layers", "1", "--state-dim", "4", "--batch-size", "512"]
+    out = tmp_path / "a"
+    assert main(["train", "--data", "digits", "--out", str(out), "--epochs", "8", "--patience", "1",
+                 "--lr", "1e-9", "--ssm-lr", "0", "--min-epochs", "5", "--quiet", *tiny]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 5 and summary["stopped_early"]
+    assert json.loads((out / "config.json").read_text())["train"]["min_epochs"] == 5
+    capsys.readouterr()
+    for extra, want in ((["--min-epochs", "3"], "--min-epochs 3 needs --patience N > 0"),
+                        (["--min-epochs", "9", "--patience", "2", "--epochs", "8"], "--min-epochs 9 is above --epochs 8")):
+        assert main(["train", "--data", "digits", "--out", str(tmp_path / "b"), *extra, *tiny]) == 2
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -151,12 +151,16 @@ def cmd_train(args) -> int:
         data = _load_data(args.data, options)
         _check_hankel_relative(args)
         _check_anneal(args)
+        if args.min_epochs and not args.patience:
+            raise UserError(f"--min-epochs {args.min_epochs} needs --patience N > 0 (the early stop it delays).")
+        if args.min_epochs > args.epochs:
+            raise UserError(f"--min-epochs {args.min_epochs} is above --epochs {args.epochs}; give at most --epochs.")
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
                            hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method,
-                           anneal=args.anneal_on_stop)
+                           anneal=args.anneal_on_stop, min_epochs=args.min_epochs)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -481,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _add_model_args(t)
     _add_train_args(t)
+    t.add_argument("--min-epochs", type=_nonneg_int, default=0, metavar="E",
+                   help="with --patience: never stop before epoch E (in-training reduction has this floor at its last "
+                        "reduction; a run without reductions on the same schedule is its control; default 0)")
     h = t.add_argument_group("Hankel-norm regularisation")
     g = t.add_argument_group("in-training reduction (CompreSSM's schedule)")
     g.add_argument("--reduce-to", type=_even_state_dim, metavar="r",

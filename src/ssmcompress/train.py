@@ -45,6 +45,8 @@ class TrainConfig:
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
     hankel_sample: float = 1.0  # fraction of channels the penalty draws per step (unbiased estimate; 1 = all)
     hankel_relative: bool = False  # penalise each channel's tail as a share of all its Hankel singular values
+    min_epochs: int = 0        # patience does not stop a run before this many epochs (0 = no floor); the
+                               # schedule of in-training reduction has this floor at its last reduction
     anneal: int = 0            # on an early stop: this many more epochs from the best checkpoint, the learning
                                # rate decaying (cosine) from its value at the stop to zero; 0 = plain stop
 
@@ -59,6 +61,9 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "non-negative (0 disables clipping)"),
             ("eval_batch_size", self.eval_batch_size >= 1, "a positive integer"),
             ("patience", isinstance(self.patience, int) and self.patience >= 0, "a non-negative integer (0 = off)"),
+            ("min_epochs", isinstance(self.min_epochs, int) and not isinstance(self.min_epochs, bool)
+             and 0 <= self.min_epochs <= self.epochs and (self.min_epochs == 0 or self.patience > 0),
+             f"an integer in [0, epochs={self.epochs}], and > 0 only with patience"),
             ("anneal", isinstance(self.anneal, int) and not isinstance(self.anneal, bool) and self.anneal >= 0
              and (self.anneal == 0 or self.patience > 0), "a non-negative integer, and > 0 only with patience"),
             ("hankel_reg", self.hankel_reg >= 0 and math.isfinite(self.hankel_reg), "a non-negative finite number"),
@@ -382,7 +387,7 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             state["best_epoch"] = epoch + 1
         reductions_done = not cfg.reduce_at or state["epoch"] > cfg.reduce_at[-1]
         an = state.get("anneal")
-        patience_out = (cfg.patience and reductions_done and not an and state["epoch"] < cfg.epochs
+        patience_out = (cfg.patience and reductions_done and not an and cfg.min_epochs <= state["epoch"] < cfg.epochs
                         and state["epoch"] - state.get("best_epoch", 0) >= cfg.patience)
         if patience_out and cfg.anneal > 0:
             # instead of stopping: back to the best checkpoint, then the learning rate from its value now to zero
