@@ -291,3 +291,32 @@ def test_experiment_has_one_section_per_kernel(tmp_path, capsys):
                                                           for m in ("original", "bt", "bt-noretrain")}
     for kernel in ("s4d", "dss-exp"):
         assert (out / f"accuracy_vs_params_{kernel}.png").is_file()
+
+
+def test_experiment_report_only_reads_finished_sub_runs_and_lists_the_rest(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "exp"
+    base = ["experiment", "--data", "digits", "--state-dim", "8", "--epochs", "1", "--main-epochs", "1",
+            "--seeds", "1", "--out", str(out), *TINY]
+    assert main(["experiment", "--data", "digits", "--out", str(out), "--report-only", *TINY]) == 2
+    assert "holds no experiment" in capsys.readouterr().err
+    # rank 4 with bt and legs, rank 2 with legs only: methods run at different ranks
+    assert main(base + ["--ranks", "4", "--methods", "bt,legs"]) == 0
+    assert main(base + ["--ranks", "2", "--methods", "legs"]) == 0
+    capsys.readouterr()
+    calls = []
+    monkeypatch.setattr(exp_mod, "train", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(exp_mod, "compress_run", lambda *a, **k: calls.append(a))
+    assert main(base + ["--ranks", "4,2", "--methods", "bt,bt-noretrain,legs", "--report-only"]) == 0
+    assert calls == []                                    # nothing trained or compressed
+    rows = json.loads((out / "results.json").read_text())
+    got = sorted((r["method"], r.get("rank")) for r in rows)
+    assert got == sorted([("original", None), ("bt", 4), ("bt-noretrain", 4), ("legs", 4), ("legs", 2)])
+    report = (out / "report.md").read_text()
+    assert ("Report only: 1 selected sub-run is not finished; the rows that need it are left out: "
+            "`s4d/seed0/r2/bt-compressed`.") in report
+    assert json.loads((out / "summary.json").read_text())["missing"] == ["s4d/seed0/r2/bt-compressed"]
+    # nothing selected is finished: one sentence, exit 2
+    capsys.readouterr()
+    assert main(base + ["--ranks", "4", "--seeds", "3,", "--methods", "legs", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 selected sub-runs" in err and len(err.strip().splitlines()) == 1

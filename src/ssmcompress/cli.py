@@ -384,7 +384,14 @@ def cmd_experiment(args) -> int:
     _check_anneal(args)
     cfg = _experiment_config(args)
     out = Path(args.out)
-    rows = run_experiment(cfg, out, progress=_progress(args))
+    if args.report_only and not (out / "experiment.json").is_file():
+        raise UserError(f"--report-only: {out} holds no experiment (no experiment.json); run `experiment` there first.")
+    try:
+        rows = run_experiment(cfg, out, progress=_progress(args), report_only=args.report_only)
+    except FileNotFoundError as exc:
+        if not args.report_only:
+            raise
+        raise UserError(str(exc)) from None
     print(markdown_table(summarize(rows)))
     print(f"report: {out / 'report.md'}")
     return 0
@@ -597,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel (needs --hankel-order)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.add_argument("--report-only", action="store_true",
+                   help="train and compress nothing: write results.json and report.md from the selected sub-runs "
+                        "that are finished (the same settings as the folder's; seeds, ranks, kernels and methods "
+                        "may differ), and list the selected ones that are not")
     _add_model_args(x)
     _add_train_args(x)
     for a in x._actions:

@@ -159,6 +159,10 @@ class StaleRunError(ValueError):
     """The experiment folder holds sub-runs made with other settings than the ones asked for."""
 
 
+class _Unfinished(Exception):
+    """A sub-run that ``report_only`` would have to train (it is not finished); carries its folder."""
+
+
 #: ExperimentConfig fields that only select sub-runs: they may change between invocations on one folder
 SELECTION = ("seeds", "ranks", "kernels", "methods")
 
@@ -224,8 +228,13 @@ def sub_run_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _train_run(folder: Path, make_model, tcfg: TrainConfig, data, run_config: dict) -> dict:
-    """Train one sub-run unless it is finished; resume it when it was interrupted (under :func:`sub_run_lock`)."""
+def _train_run(folder: Path, make_model, tcfg: TrainConfig, data, run_config: dict, report_only: bool = False) -> dict:
+    """Train one sub-run unless it is finished; resume it when it was interrupted (under :func:`sub_run_lock`).
+    With ``report_only``: the summary of a finished sub-run, else :class:`_Unfinished` (no lock, no training)."""
+    if report_only:
+        if (folder / "summary.json").is_file():
+            return ckpt.read_json(folder / "summary.json")
+        raise _Unfinished(folder)
     with sub_run_lock(folder):
         if (folder / "summary.json").is_file():
             return ckpt.read_json(folder / "summary.json")
@@ -277,16 +286,22 @@ def _row(method, kernel, state_dim, seed, retrained, summary, run: Path, rank=No
     return row
 
 
-def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[dict]:
-    """Run (or finish) the whole protocol under ``out`` and write results.json and report.md."""
+def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_only: bool = False) -> list[dict]:
+    """Run (or finish) the whole protocol under ``out`` and write results.json and report.md.
+
+    ``report_only``: train and compress nothing; results.json and report.md cover the selected sub-runs that are
+    finished (for instance while other processes still work on the folder, or over methods run at different
+    ranks), and the report lists the selected ones that are not."""
     from tqdm.auto import tqdm
 
     from .data import load_dataset
-    from .nn import SequenceModel
 
     out = Path(out)
     t0 = time.perf_counter()
     check_same_settings(cfg, out)
+    if report_only and not (out / "experiment.json").is_file():
+        raise FileNotFoundError(f"{out} holds no experiment (no experiment.json); report_only needs a folder that "
+                                "`experiment` has run in.")
     data = load_dataset(cfg.data, **cfg.data_options)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(out / "experiment.json", asdict(cfg))
@@ -294,70 +309,90 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True) -> list[di
     base = {**data.model_shape(), **cfg.model}
     run_cfg = {"data": {"spec": cfg.data, "options": cfg.data_options}}
     rows: list[dict] = []
+    missing: list[str] = []
     jobs = _job_list(cfg)
     bar = tqdm(jobs, desc="experiment", disable=not progress, dynamic_ncols=True)
     for kernel, seed, kind, r in bar:
         bar.set_postfix_str(f"{kernel} seed {seed} {kind}" + ("" if r is None else f" r={r}"))
-        seed_dir = out / kernel / f"seed{seed}"
-        pre = seed_dir / "original"
-        tc = lambda epochs: TrainConfig(**{**cfg.train, "epochs": epochs, "seed": seed})
-        kw = lambda n, init: {**base, "kernel": kernel, "state_dim": n, "init": init}
-        if kind == "original":
-            summ = _train_run(pre, lambda: SequenceModel(**kw(cfg.state_dim, "legs")), tc(cfg.epochs), data, run_cfg)
-            rows.append(_row("original", kernel, cfg.state_dim, seed, True, summ, pre))
-        elif kind == "original-continued":
-            folder = seed_dir / "original-continued"
-            summ = _train_run(folder, lambda: ckpt.load_model(pre)[0], tc(main_epochs), data,
-                              {**run_cfg, "init_from": str(pre)})
-            rows.append(_row(kind, kernel, cfg.state_dim, seed, True, summ, folder))
-        elif kind == "original-hankel":
-            folder = seed_dir / "original-hankel"
-            summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
-                              TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
-                                             "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
-                                             "hankel_sample": cfg.hankel_sample,
-                                             "hankel_relative": cfg.hankel_relative}), data, run_cfg)
-            rows.append(_row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder))
-        elif kind == "in-training":
-            folder = seed_dir / f"r{r}" / "in-training"
-            at = sorted({max(1, math.ceil(cfg.epochs * k / 3)) for k in (1, 2, 3)})
-            summ = _train_run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
-                              TrainConfig(**{**cfg.train, "epochs": cfg.epochs + main_epochs, "seed": seed,
-                                             "reduce_to": r, "reduce_at": at}), data, run_cfg)
-            rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
-        elif kind in _COMPRESSED:
-            method = _COMPRESSED[kind]
-            base_run = seed_dir / parent_of(kind)
-            name = kind.replace("-noretrain", "")
-            comp = seed_dir / f"r{r}" / f"{name}-compressed"
+        try:
+            rows.append(_one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, report_only))
+        except _Unfinished as exc:
+            name = str(Path(exc.args[0]).relative_to(out))
+            if name not in missing:       # bt and bt-noretrain both wait on one compressed sub-run
+                missing.append(name)
+            continue
+        if not report_only:
+            ckpt.write_json(out / "results.json", rows)
+    bar.close()
+    if report_only:
+        if not rows:
+            raise FileNotFoundError(f"none of the {len(jobs)} selected sub-runs in {out} is finished; nothing to report.")
+        ckpt.write_json(out / "results.json", rows)
+    write_report(cfg, out, rows, data, wall_s=None if report_only else time.perf_counter() - t0, missing=missing)
+    return rows
+
+
+def _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, report_only) -> dict:
+    """Train (or, with ``report_only``, only read) one sub-run of :func:`run_experiment`; its results.json row."""
+    from .nn import SequenceModel
+
+    seed_dir = out / kernel / f"seed{seed}"
+    pre = seed_dir / "original"
+    tc = lambda epochs: TrainConfig(**{**cfg.train, "epochs": epochs, "seed": seed})
+    kw = lambda n, init: {**base, "kernel": kernel, "state_dim": n, "init": init}
+    run = lambda folder, make, tcfg, extra=None: _train_run(folder, make, tcfg, data, {**run_cfg, **(extra or {})},
+                                                            report_only=report_only)
+    if kind == "original":
+        summ = run(pre, lambda: SequenceModel(**kw(cfg.state_dim, "legs")), tc(cfg.epochs))
+        return _row("original", kernel, cfg.state_dim, seed, True, summ, pre)
+    if kind == "original-continued":
+        folder = seed_dir / "original-continued"
+        summ = run(folder, lambda: ckpt.load_model(pre)[0], tc(main_epochs), {"init_from": str(pre)})
+        return _row(kind, kernel, cfg.state_dim, seed, True, summ, folder)
+    if kind == "original-hankel":
+        folder = seed_dir / "original-hankel"
+        summ = run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
+                   TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
+                                  "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
+                                  "hankel_sample": cfg.hankel_sample, "hankel_relative": cfg.hankel_relative}))
+        return _row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder)
+    if kind == "in-training":
+        folder = seed_dir / f"r{r}" / "in-training"
+        at = sorted({max(1, math.ceil(cfg.epochs * k / 3)) for k in (1, 2, 3)})
+        summ = run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
+                   TrainConfig(**{**cfg.train, "epochs": cfg.epochs + main_epochs, "seed": seed,
+                                  "reduce_to": r, "reduce_at": at}))
+        return _row(kind, kernel, r, seed, True, summ, folder, rank=r)
+    if kind in _COMPRESSED:
+        method = _COMPRESSED[kind]
+        base_run = seed_dir / parent_of(kind)
+        name = kind.replace("-noretrain", "")
+        comp = seed_dir / f"r{r}" / f"{name}-compressed"
+        if report_only:
+            if not (comp / "summary.json").is_file():
+                raise _Unfinished(comp)
+        else:
             with sub_run_lock(comp):
                 if not (comp / "summary.json").is_file():
                     shutil.rmtree(comp, ignore_errors=True)
                     size = {"budget": r / cfg.state_dim} if name in ADAPTIVE else {"rank": r}
                     compress_run(base_run, comp, method=method, horizon=cfg.horizon, refit=cfg.refit, data=data,
                                  **size)
-            if kind.endswith("-noretrain"):
-                rows.append(_row(kind, kernel, r, seed, False, ckpt.read_json(comp / "summary.json"), comp, rank=r))
-            else:
-                folder = seed_dir / f"r{r}" / name
-                summ = _train_run(folder, lambda: ckpt.load_model(comp)[0], tc(main_epochs), data,
-                                  {**run_cfg, "init_from": str(comp)})
-                rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
-        else:
-            folder = seed_dir / f"r{r}" / kind
-            if kind == "warmstart":
-                make = lambda: _warm_start(pre, kw(r, "legs"))
-                extra = {"init_from": str(pre), "warm_start": "non-SSM weights"}
-            else:
-                make = lambda: SequenceModel(**kw(r, "legs" if kind == "legs-budget" else kind))
-                extra = {}
-            epochs = cfg.epochs + main_epochs if kind == "legs-budget" else main_epochs
-            summ = _train_run(folder, make, tc(epochs), data, {**run_cfg, **extra})
-            rows.append(_row(kind, kernel, r, seed, True, summ, folder, rank=r))
-        ckpt.write_json(out / "results.json", rows)
-    bar.close()
-    write_report(cfg, out, rows, data, wall_s=time.perf_counter() - t0)
-    return rows
+        if kind.endswith("-noretrain"):
+            return _row(kind, kernel, r, seed, False, ckpt.read_json(comp / "summary.json"), comp, rank=r)
+        folder = seed_dir / f"r{r}" / name
+        summ = run(folder, lambda: ckpt.load_model(comp)[0], tc(main_epochs), {"init_from": str(comp)})
+        return _row(kind, kernel, r, seed, True, summ, folder, rank=r)
+    folder = seed_dir / f"r{r}" / kind
+    if kind == "warmstart":
+        make = lambda: _warm_start(pre, kw(r, "legs"))
+        extra = {"init_from": str(pre), "warm_start": "non-SSM weights"}
+    else:
+        make = lambda: SequenceModel(**kw(r, "legs" if kind == "legs-budget" else kind))
+        extra = {}
+    epochs = cfg.epochs + main_epochs if kind == "legs-budget" else main_epochs
+    summ = run(folder, make, tc(epochs), extra)
+    return _row(kind, kernel, r, seed, True, summ, folder, rank=r)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -717,8 +752,10 @@ def _machine() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
 
 
-def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, wall_s: float | None = None) -> None:
-    """Write ``report.md``, ``summary.json`` and the figures from ``rows`` (the content of results.json)."""
+def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, wall_s: float | None = None,
+                 missing: list[str] | None = None) -> None:
+    """Write ``report.md``, ``summary.json`` and the figures from ``rows`` (the content of results.json);
+    ``missing``: selected sub-runs that are not finished (a report-only invocation), listed in the report."""
     import matplotlib
     matplotlib.use("Agg")
 
@@ -749,6 +786,10 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
              f"- Machine: {_machine()}." + (f" Wall time of this invocation: {wall_s / 60:.1f} min." if wall_s else "")
              + f" Training time of all sub-runs: {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min.",
              f"- Majority-class test accuracy: {'n/a' if major is None else f'{100 * major:.2f} %'}.",
+             *([f"- Report only: {len(missing)} selected sub-run{'s are' if len(missing) > 1 else ' is'} not "
+                f"finished; the rows that need {'them' if len(missing) > 1 else 'it'} are left out: "
+                + ", ".join(f"`{m}`" for m in missing[:12]) + (", ..." if len(missing) > 12 else "") + "."]
+               if missing else []),
              "", "Every compressed model stores exactly r/2 modes per channel: the same state dims and parameter "
              "count as the fresh size-r baselines (the `equal size` column checks it seed by seed). "
              "\"still rising\": runs whose best validation accuracy fell in the last 20 % (at least 2) of their "
@@ -821,7 +862,8 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
                       f"![original against compressed accuracy](correlation_{kernel}.png)", ""]
     ckpt.write_text(out / "report.md", "\n".join(lines))
     ckpt.write_json(out / "summary.json", {"table": table, "comparisons": comps, "correlations": corr, "parent_losses": losses,
-                                           "majority_rate": major, "wall_s": wall_s})
+                                           "majority_rate": major, "wall_s": wall_s,
+                                           **({"missing": list(missing)} if missing else {})})
 
 
 def _plot_responses(pre: Path, comp: Path, path: Path, rank: int, channels: int = 3) -> None:
