@@ -183,6 +183,14 @@ def check_same_settings(cfg: ExperimentConfig, out) -> None:
                             "another --out.")
 
 
+def in_training_epochs(epochs: int) -> list[int]:
+    """The epochs after which the ``in-training`` method reduces: at 1/3, 2/3 and the end of pre-training's cap
+    (CompreSSM's schedule; the run trains ``epochs + main_epochs`` in all, early stopping after the last)."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} is invalid; expected a positive integer.")
+    return sorted({max(1, math.ceil(epochs * k / 3)) for k in (1, 2, 3)})
+
+
 def _job_list(cfg: ExperimentConfig) -> list[tuple]:
     """(kernel, seed, kind, rank) in an order that respects dependencies."""
     jobs = []
@@ -358,7 +366,7 @@ def _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, 
         return _row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder)
     if kind == "in-training":
         folder = seed_dir / f"r{r}" / "in-training"
-        at = sorted({max(1, math.ceil(cfg.epochs * k / 3)) for k in (1, 2, 3)})
+        at = in_training_epochs(cfg.epochs)
         summ = run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
                    TrainConfig(**{**cfg.train, "epochs": cfg.epochs + main_epochs, "seed": seed,
                                   "reduce_to": r, "reduce_at": at}))
