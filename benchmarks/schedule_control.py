@@ -67,6 +67,8 @@ def run(folder: Path, out: Path, kernel: str = "s4d", seeds=None) -> list[dict]:
     data = load_dataset(exp["data"], **exp.get("data_options", {}))
     base = {**data.model_shape(), **exp["model"], "kernel": kernel, "state_dim": exp["state_dim"], "init": "legs"}
     ranks = list(exp["ranks"])
+    # the model as the experiment's in-training run builds it (SequenceModel's config adds l_max etc.)
+    model_cfg = SequenceModel(**base).config
     rows = []
     for seed_dir in sorted((folder / kernel).glob("seed*"), key=lambda p: int(p.name[4:])):
         seed = int(seed_dir.name[4:])
@@ -80,8 +82,6 @@ def run(folder: Path, out: Path, kernel: str = "s4d", seeds=None) -> list[dict]:
             continue
         tcfg = control_config(exp, seed)
         run_dir = out / kernel / f"seed{seed}"
-        # the model as the experiment's in-training run builds it (SequenceModel's config adds l_max etc.)
-        model_cfg = SequenceModel(**base).config
         _check_same(run_dir, tcfg, model_cfg)
         summ = _train_run(run_dir, lambda: SequenceModel(**base), tcfg, data,
                           {"data": {"spec": exp["data"], "options": exp.get("data_options", {})}, "init_from": None})

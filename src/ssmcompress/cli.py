@@ -384,8 +384,6 @@ def cmd_experiment(args) -> int:
     _check_anneal(args)
     cfg = _experiment_config(args)
     out = Path(args.out)
-    if args.report_only and not (out / "experiment.json").is_file():
-        raise UserError(f"--report-only: {out} holds no experiment (no experiment.json); run `experiment` there first.")
     try:
         rows = run_experiment(cfg, out, progress=_progress(args), report_only=args.report_only)
     except FileNotFoundError as exc:
