@@ -172,6 +172,12 @@ def test_run_experiment_refuses_a_folder_made_with_other_settings(tmp_path):
     ckpt.write_json(tmp_path / "experiment.json", asdict(made))
     check_same_settings(ExperimentConfig(data="digits", state_dim=8, ranks=[2, 4], seeds=[0, 1], epochs=3,
                                          kernels=["s4d", "dss-exp"], methods=["bt"]), tmp_path)   # selection only
+    # the Hankel penalty's settings may change while no Hankel-regularised pre-training was started ...
+    hankel = ExperimentConfig(**{**asdict(made), "hankel_order": 2, "hankel_reg": 0.3})
+    check_same_settings(hankel, tmp_path)
+    with pytest.raises(StaleRunError, match=r"other settings \(epochs, hankel_order, hankel_reg\)"):
+        check_same_settings(ExperimentConfig(**{**asdict(hankel), "epochs": 4}), tmp_path)   # not with others
+    (tmp_path / "s4d" / "seed0" / "original-hankel").mkdir(parents=True)    # ... and not once one was
     for change, name in (({"epochs": 4}, "epochs"), ({"hankel_order": 2}, "hankel_order"),
                          ({"horizon": "infinite"}, "horizon"), ({"model": {"d_model": 16}}, "model")):
         asked = ExperimentConfig(**{**asdict(made), **change})

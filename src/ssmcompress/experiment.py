@@ -165,18 +165,24 @@ class _Unfinished(Exception):
 
 #: ExperimentConfig fields that only select sub-runs: they may change between invocations on one folder
 SELECTION = ("seeds", "ranks", "kernels", "methods")
+#: ExperimentConfig fields read only by hankel-bt's Hankel-regularised pre-training (``original-hankel``): they
+#: may change on a folder in which no such sub-run was started (the folder's experiment.json then records the new ones)
+HANKEL_SETTINGS = ("hankel_reg", "hankel_order", "hankel_sample", "hankel_relative")
 
 
 def check_same_settings(cfg: ExperimentConfig, out) -> None:
     """Raise StaleRunError when ``out/experiment.json`` records settings, other than the selection of seeds, ranks,
     kernels and methods, that differ from ``cfg``: finished sub-runs are skipped on a rerun, so a rerun with, say,
-    another ``epochs`` or ``hankel_order`` would otherwise report runs made under the old settings as new ones."""
+    another ``epochs`` or ``hankel_order`` would otherwise report runs made under the old settings as new ones.
+    The Hankel penalty's settings may change as long as no ``original-hankel`` sub-run exists under ``out``."""
     old = Path(out) / "experiment.json"
     if not old.is_file():
         return
     now = json.loads(json.dumps(asdict(cfg)))
     before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(old)}   # newer fields: defaults
     changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+    if changed and set(changed) <= set(HANKEL_SETTINGS) and not any(Path(out).glob("*/seed*/original-hankel")):
+        return        # only hankel-bt's pre-training reads them, and no such sub-run was started yet
     if changed:
         raise StaleRunError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the "
                             "same flags to resume it (seeds, ranks, kernels and methods may change), or choose "
