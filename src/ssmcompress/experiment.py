@@ -167,7 +167,7 @@ class _Unfinished(Exception):
 SELECTION = ("seeds", "ranks", "kernels", "methods")
 #: ExperimentConfig fields read only by hankel-bt's Hankel-regularised pre-training (``original-hankel``): they
 #: may change on a folder in which no such sub-run was started (the folder's experiment.json then records the new ones)
-HANKEL_SETTINGS = ("hankel_reg", "hankel_order", "hankel_sample", "hankel_relative")
+HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "hankel_relative"})
 
 
 def check_same_settings(cfg: ExperimentConfig, out) -> None:
@@ -181,9 +181,9 @@ def check_same_settings(cfg: ExperimentConfig, out) -> None:
     now = json.loads(json.dumps(asdict(cfg)))
     before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(old)}   # newer fields: defaults
     changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
-    if changed and set(changed) <= set(HANKEL_SETTINGS) and not any(Path(out).glob("*/seed*/original-hankel")):
-        return        # only hankel-bt's pre-training reads them, and no such sub-run was started yet
-    if changed:
+    # the Hankel settings alone may change while no Hankel-regularised pre-training (the parent of hankel-bt) exists
+    if changed and not (HANKEL_SETTINGS.issuperset(changed)
+                        and not any(Path(out).glob(f"*/seed*/{parent_of('hankel-bt')}"))):
         raise StaleRunError(f"{out} holds an experiment with other settings ({', '.join(changed)}); rerun with the "
                             "same flags to resume it (seeds, ranks, kernels and methods may change), or choose "
                             "another --out.")
