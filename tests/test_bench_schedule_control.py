@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from ssmcompress.cli import main
 from ssmcompress.experiment import in_training_epochs, paired_comparison
 
 _spec = importlib.util.spec_from_file_location(
@@ -26,13 +25,8 @@ def test_in_training_epochs_and_the_control_schedule():
         sc.control_config({**exp, "train": {"patience": 0}}, seed=0)
 
 
-def test_control_is_the_in_training_run_without_reductions(tmp_path, capsys):
-    exp = tmp_path / "exp"
-    tiny = ["--d-model", "4", "--layers", "1", "--batch-size", "256", "--quiet"]
-    assert main(["experiment", "--data", "digits", "--state-dim", "8", "--ranks", "4,2", "--seeds", "2",
-                 "--epochs", "3", "--main-epochs", "2", "--patience", "1", "--methods", "in-training,original-continued",
-                 "--out", str(exp), *tiny]) == 0
-    capsys.readouterr()
+def test_control_is_the_in_training_run_without_reductions(tmp_path, capsys, tiny_experiment):
+    exp = tiny_experiment(tmp_path / "exp", "in-training,original-continued", ranks="4,2")
     out = tmp_path / "ctrl"
     sc.main([str(exp), "--out", str(out)])
     text = capsys.readouterr().out
