@@ -142,7 +142,7 @@ def report(rows, folder, kernel) -> str:
                 f"(stopped on validation: {sum(bool(r['stopped_early']) for r in par)}/{len(par)}; the best "
                 "validation epoch's model). ")
              + "Differences are paired over seeds, in points, with the paired t-test p.", "",
-             "| N models | test | minus original | minus original trained on (same budget) |",
+             "| N models | test | minus original | minus original trained on (`original-continued`) |",
              "|---|---|---|---|",
              f"| original | {f([r['original'] for r in par])} | - | "
              f"{_diff([r['original'] for r in par], [r['original_continued'] for r in par])} |",
