@@ -23,7 +23,6 @@ Writes ``hankel_finetune.json`` and ``hankel_finetune.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ import numpy as np
 from ssmcompress import checkpoint as ckpt
 from ssmcompress.compress import compress_model
 from ssmcompress.data import load_dataset
-from ssmcompress.experiment import _train_run, paired_comparison
-from ssmcompress.train import TrainConfig, evaluate
+from ssmcompress.experiment import _train_run, check_run_settings, paired_comparison
+from ssmcompress.train import TrainConfig, evaluate, load_last_weights
 
 
 def finetune_config(exp: dict, seed: int, weight: float, order: int | None, sample: float,
@@ -57,21 +56,8 @@ def finetuned_model(run_dir: Path, fixed_epochs: int | None):
     """The fine-tuned model: the best-by-validation checkpoint, or with ``fixed_epochs`` the last epoch's."""
     model, _ = ckpt.load_model(run_dir)
     if fixed_epochs:
-        last = ckpt.read_tensors(run_dir / ckpt.LAST)
-        ckpt.load_state(model, {k[6:]: v for k, v in last.items() if k.startswith("model.")}, run_dir / ckpt.LAST)
+        load_last_weights(run_dir, model)
     return model
-
-
-def _check_same(run_dir: Path, tcfg: TrainConfig) -> None:
-    """A fine-tuning folder made before must have been made with the settings this script would use."""
-    if not (run_dir / ckpt.CONFIG).is_file():
-        return
-    old = ckpt.read_json(run_dir / ckpt.CONFIG).get("train", {})
-    want = dataclasses.asdict(tcfg)
-    diff = sorted(k for k in set(want) | set(old) if old.get(k, want.get(k)) != want.get(k))
-    if diff:
-        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); remove it or choose "
-                         "another --out.")
 
 
 def run(folder: Path, out: Path, weight: float, order: int | None, sample: float, ranks, methods,
@@ -93,7 +79,7 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
             continue
         tcfg = finetune_config(exp, seed, weight, order, sample, fixed_epochs)
         run_dir = out / (f"w{weight:g}" + (f"_e{fixed_epochs}" if fixed_epochs else "")) / f"seed{seed}"
-        _check_same(run_dir, tcfg)
+        check_run_settings(run_dir, tcfg)
         pre = seed_dir / "original"
         summ = _train_run(run_dir, lambda: ckpt.load_model(pre)[0], tcfg, data,
                           {"data": {"spec": exp["data"], "options": exp.get("data_options", {})},

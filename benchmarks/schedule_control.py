@@ -22,7 +22,6 @@ Writes ``schedule_control.json`` and ``schedule_control.md`` into ``--out`` (the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 
 from ssmcompress import checkpoint as ckpt
 from ssmcompress.data import load_dataset
-from ssmcompress.experiment import _train_run, holm, in_training_epochs, paired_comparison
+from ssmcompress.experiment import _train_run, check_run_settings, holm, in_training_epochs, paired_comparison
 from ssmcompress.nn import SequenceModel
 from ssmcompress.train import TrainConfig
 
@@ -45,21 +44,6 @@ def control_config(exp: dict, seed: int) -> TrainConfig:
                          "the parent have the same schedule rule; there is nothing for this control to separate.")
     return TrainConfig(**{**train, "epochs": exp["epochs"] + main_epochs, "seed": seed,
                           "min_epochs": in_training_epochs(exp["epochs"])[-1] + 1})
-
-
-def _check_same(run_dir: Path, tcfg: TrainConfig, model_cfg: dict) -> None:
-    """A control folder made before (by this script or by ``ssmcompress train``) must have been made with the
-    settings this script would use."""
-    if not (run_dir / ckpt.CONFIG).is_file():
-        return
-    old = ckpt.read_json(run_dir / ckpt.CONFIG)
-    want_train = dataclasses.asdict(tcfg)
-    diff = sorted(k for k in set(want_train) | set(old.get("train", {}))
-                  if old.get("train", {}).get(k, want_train.get(k)) != want_train.get(k))
-    diff += sorted(f"model.{k}" for k in model_cfg if old.get("model", {}).get(k) != model_cfg[k])
-    if diff:
-        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); remove it or choose "
-                         "another --out.")
 
 
 def run(folder: Path, out: Path, kernel: str = "s4d", seeds=None) -> list[dict]:
@@ -82,7 +66,7 @@ def run(folder: Path, out: Path, kernel: str = "s4d", seeds=None) -> list[dict]:
             continue
         tcfg = control_config(exp, seed)
         run_dir = out / kernel / f"seed{seed}"
-        _check_same(run_dir, tcfg, model_cfg)
+        check_run_settings(run_dir, tcfg, model_cfg)
         summ = _train_run(run_dir, lambda: SequenceModel(**base), tcfg, data,
                           {"data": {"spec": exp["data"], "options": exp.get("data_options", {})}, "init_from": None})
         read = lambda p: ckpt.read_json(p / "summary.json")

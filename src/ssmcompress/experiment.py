@@ -242,6 +242,21 @@ def sub_run_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_run_settings(run_dir: Path, tcfg: TrainConfig, model_cfg: dict | None = None) -> None:
+    """A run folder made before (by a benchmark script or by ``ssmcompress train``) that is to be reused must
+    have been made with the training settings ``tcfg`` (and the model keywords ``model_cfg``); else one sentence
+    (ValueError) naming the settings that differ.  A folder without ``config.json`` passes."""
+    if not (run_dir / ckpt.CONFIG).is_file():
+        return
+    old = ckpt.read_json(run_dir / ckpt.CONFIG)
+    want, had = asdict(tcfg), old.get("train", {})
+    diff = sorted(k for k in set(want) | set(had) if had.get(k, want.get(k)) != want.get(k))
+    diff += sorted(f"model.{k}" for k in (model_cfg or {}) if old.get("model", {}).get(k) != model_cfg[k])
+    if diff:
+        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); remove it or choose "
+                         "another --out.")
+
+
 def _train_run(folder: Path, make_model, tcfg: TrainConfig, data, run_config: dict, report_only: bool = False) -> dict:
     """Train one sub-run unless it is finished; resume it when it was interrupted (under :func:`sub_run_lock`).
     With ``report_only``: the summary of a finished sub-run, else :class:`_Unfinished` (no lock, no training)."""

@@ -217,10 +217,17 @@ def _save_last(out: Path, model, opt, state: dict) -> None:
     ckpt.write_json(out / ckpt.STATE, state)
 
 
-def _load_last(out: Path, model, opt) -> dict:
-    state = ckpt.read_json(out / ckpt.STATE)
+def load_last_weights(out: Path, model) -> dict:
+    """Load the model weights of the last finished epoch (``last.safetensors`` of run folder ``out``, not the
+    best-by-validation ``model.safetensors``) into ``model``; returns every tensor of that file."""
     tensors = ckpt.read_tensors(out / ckpt.LAST)
     ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / ckpt.LAST)
+    return tensors
+
+
+def _load_last(out: Path, model, opt) -> dict:
+    state = ckpt.read_json(out / ckpt.STATE)
+    tensors = load_last_weights(out, model)
     osd = opt.state_dict()
     new_state: dict[int, dict] = {}
     for key, v in tensors.items():
