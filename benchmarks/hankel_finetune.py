@@ -79,8 +79,8 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
             continue
         tcfg = finetune_config(exp, seed, weight, order, sample, fixed_epochs)
         run_dir = out / (f"w{weight:g}" + (f"_e{fixed_epochs}" if fixed_epochs else "")) / f"seed{seed}"
-        check_run_settings(run_dir, tcfg)
         pre = seed_dir / "original"
+        check_run_settings(run_dir, tcfg, init_from=pre)
         summ = _train_run(run_dir, lambda: ckpt.load_model(pre)[0], tcfg, data,
                           {"data": {"spec": exp["data"], "options": exp.get("data_options", {})},
                            "init_from": str(pre)})

@@ -12,7 +12,9 @@ for the report.
         --seeds 0,1 --ranks 8 --out runs/hankel_sweep_mnist1d
 
 Models: the same shape as ``experiment`` (``--d-model``, ``--layers``, ``--state-dim``, kernel s4d);
-sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` (``..._rel`` with ``--relative``) and are reused when finished.
+sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` (``..._rel`` with ``--relative``, ``..._sel{r}`` with
+``--select-rank r``) and are reused when finished with the same settings (a folder trained otherwise, e.g.
+with another ``--sample``, is refused in one sentence).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 from ssmcompress import checkpoint as ckpt
 from ssmcompress.compress import compress_model
 from ssmcompress.data import load_dataset
-from ssmcompress.experiment import paired_comparison
+from ssmcompress.experiment import check_run_settings, paired_comparison
 from ssmcompress.nn import SequenceModel
 from ssmcompress.train import TrainConfig, evaluate, train
 
@@ -48,8 +50,13 @@ def _orders(text):
 def pretrain(args, data, weight, order, seed) -> Path:
     penalised = weight > 0          # weight 0: the unregularised original, shared by every setting
     relative = args.relative and penalised
-    folder = (Path(args.out) / f"w{weight:g}_o{order if order is not None else 'all'}{'_rel' if relative else ''}"
-              / f"seed{seed}")
+    select = args.select_rank if penalised else None
+    folder = (Path(args.out) / (f"w{weight:g}_o{order if order is not None else 'all'}{'_rel' if relative else ''}"
+                                f"{f'_sel{select}' if select else ''}") / f"seed{seed}")
+    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
+                      hankel_order=order if penalised else None, hankel_sample=args.sample if penalised else 1.0,
+                      hankel_relative=relative, select_rank=select)
+    check_run_settings(folder, cfg)        # a folder trained with other settings (e.g. --sample) is not reused
     if (folder / "summary.json").is_file():
         return folder
     if folder.exists():
@@ -58,10 +65,8 @@ def pretrain(args, data, weight, order, seed) -> Path:
     torch.manual_seed(seed)
     model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
                           kernel=args.kernel, init="legs")
-    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
-                      hankel_order=order if penalised else None, hankel_sample=args.sample if penalised else 1.0,
-                      hankel_relative=relative)
-    train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}}, progress=False)
+    train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}, "init_from": None},
+          progress=False)
     return folder
 
 
@@ -73,6 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=float, default=1.0, help="train --hankel-sample of the penalty")
     p.add_argument("--relative", action="store_true",
                    help="train --hankel-relative: the tail as a share of all Hankel singular values (needs orders)")
+    p.add_argument("--select-rank", type=int, default=None, metavar="r",
+                   help="train the penalised models with --select-rank r: the best epoch and the early stop by the "
+                        "validation accuracy of the model reduced to order r (bt, no retraining)")
     p.add_argument("--seeds", type=_ints, default=[0, 1])
     p.add_argument("--ranks", type=_ints, default=[8])
     p.add_argument("--methods", default="bt,modal-hinf")
@@ -89,15 +97,20 @@ def main(argv=None) -> int:
     settings = [(0.0, None)] + [(w, o) for w, o in itertools.product(args.weights, args.orders) if w > 0]
     rows = []
     for seed, (weight, order) in itertools.product(args.seeds, settings):
-        run = pretrain(args, data, weight, order, seed)
+        try:
+            run = pretrain(args, data, weight, order, seed)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         model, _ = ckpt.load_model(run)
         acc = {s: evaluate(model, *splits[s], task=data.task)["accuracy"] for s in splits}
         summary = ckpt.read_json(run / "summary.json")
-        relative = ckpt.read_run_config(run)["train"].get("hankel_relative", False)   # as the run was trained
+        trained = ckpt.read_run_config(run)["train"]                                    # as the run was trained
+        relative, select = trained.get("hankel_relative", False), trained.get("select_rank")
         for r, method in itertools.product(args.ranks, args.methods.split(",")):
             small, _ = compress_model(model, method=method, rank=r)
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
-            rows.append({"seed": seed, "weight": weight, "order": order, "relative": relative,
+            rows.append({"seed": seed, "weight": weight, "order": order, "relative": relative, "select_rank": select,
                          "rank": r, "method": method,
                          "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early", False),
                          "val": acc["val"], "test": acc["test"],
@@ -126,13 +139,15 @@ def report(rows, args) -> str:
              "test compressed − unregularised original (points, paired t p) |",
              "|---:|---|---:|---|---|---|---|---|---|---|---|"]
     base = {r["seed"]: r["test"] for r in rows if r["weight"] == 0}
-    keyf = lambda r: (r["weight"], str(r["order"]), bool(r.get("relative")), -r["rank"], r["method"])
+    keyf = lambda r: (r["weight"], str(r["order"]), bool(r.get("relative")), r.get("select_rank") or 0, -r["rank"],
+                      r["method"])
     for key, grp in itertools.groupby(sorted(rows, key=keyf), key=keyf):
         grp = list(grp)
         comp = [g["test_compressed"] for g in grp]
         early = sum(bool(g.get("stopped_early")) for g in grp)
         order = "-" if grp[0]["weight"] == 0 else ("all" if grp[0]["order"] is None else grp[0]["order"])
         order = f"{order} (share)" if grp[0].get("relative") else order
+        order = f"{order}, chosen at r = {grp[0]['select_rank']}" if grp[0].get("select_rank") else order
         lines.append(f"| {grp[0]['weight']:g} | {order} | {grp[0]['rank']} | {grp[0]['method']} | {early}/{len(grp)} | "
                      f"{f([g['val'] for g in grp])} | {f([g['test'] for g in grp])} | "
                      f"{f([g['val_compressed'] for g in grp])} | {f(comp)} | "

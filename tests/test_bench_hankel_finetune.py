@@ -71,6 +71,13 @@ def test_finetune_then_compress_without_retraining(tmp_path, capsys, tiny_experi
     with pytest.raises(SystemExit):
         hf.main([str(exp), "--weight", "0.1", "--order", "3", "--ranks", "2", "--seeds", "0", "--out", str(out)])
     assert "holds a run with other settings (hankel_order)" in capsys.readouterr().err
+    # ... and so is one fine-tuned from another starting point (another experiment's original)
+    cfg = json.loads((out / "w0.1" / "seed0" / "config.json").read_text())
+    (out / "w0.1" / "seed0" / "config.json").write_text(json.dumps({**cfg, "init_from": str(tmp_path / "other")}))
+    with pytest.raises(SystemExit):
+        hf.main([str(exp), "--weight", "0.1", "--order", "2", "--ranks", "2", "--seeds", "0", "--out", str(out)])
+    assert "other settings (init_from: " in capsys.readouterr().err
+    (out / "w0.1" / "seed0" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit):
         hf.main([str(tmp_path), "--weight", "0.1", "--out", str(out)])
     assert "holds no experiment.json" in capsys.readouterr().err

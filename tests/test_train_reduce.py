@@ -68,3 +68,39 @@ def test_bad_reduction_arguments_are_one_sentence(tmp_path, capsys):
     with pytest.raises(ValueError, match="reduce_method"):
         TrainConfig(reduce_method="svd")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_select_rank_chooses_the_epoch_by_the_reduced_models_validation_accuracy(tmp_path, capsys):
+    from ssmcompress.compress import compress_model
+    from ssmcompress.data import load_dataset
+    from ssmcompress.train import evaluate
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--state-dim", "8", "--epochs", "5", "--hankel-reg", "0.1", "--hankel-order", "2",
+                 "--select-rank", "2", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    reduced = [r["val_accuracy_reduced"] for r in rows]
+    assert len(rows) == 5 and summary["best_epoch"] == 1 + reduced.index(max(reduced))
+    assert summary["best_val_accuracy"] == max(reduced)
+    assert summary["selected_by"] == "validation accuracy after bt to order 2"
+    # the kept model, reduced to order 2 without retraining, has exactly the score it was chosen by
+    model, _ = ckpt.load_model(out)
+    small, _ = compress_model(model, method="bt", rank=2)
+    data = load_dataset("digits")
+    assert evaluate(small, *data.split("val"), task=data.task)["accuracy"] == max(reduced)
+    assert json.loads((out / "config.json").read_text())["train"]["select_rank"] == 2
+
+
+def test_select_rank_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="select_rank=3 is invalid; expected None or a positive even integer"):
+        TrainConfig(select_rank=3)
+    with pytest.raises(ValueError, match="select_rank=2 is invalid.*not together with reduce_to"):
+        TrainConfig(epochs=3, select_rank=2, reduce_to=2, reduce_at=[1])
+    for extra, want in ((["--select-rank", "8"], "--select-rank 8 does not reduce a model of state dims [8, 8]"),
+                        (["--select-rank", "4", "--reduce-to", "4", "--reduce-at", "1"],
+                         "--select-rank 4 and --reduce-to 4 exclude each other")):
+        assert main(["train", *TINY, "--state-dim", "8", "--epochs", "2", *extra, "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -155,12 +155,15 @@ def cmd_train(args) -> int:
             raise UserError(f"--min-epochs {args.min_epochs} needs --patience N > 0 (the early stop it delays).")
         if args.min_epochs > args.epochs:
             raise UserError(f"--min-epochs {args.min_epochs} is above --epochs {args.epochs}; give at most --epochs.")
+        if args.select_rank and args.reduce_to:
+            raise UserError(f"--select-rank {args.select_rank} and --reduce-to {args.reduce_to} exclude each other: "
+                            "a model reduced in training is selected at its own size.")
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr,
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
                            hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method,
-                           anneal=args.anneal_on_stop, min_epochs=args.min_epochs)
+                           anneal=args.anneal_on_stop, min_epochs=args.min_epochs, select_rank=args.select_rank)
         torch.manual_seed(args.seed)
         if args.init_from:
             model, src_cfg = ckpt.load_model(Path(args.init_from))
@@ -176,6 +179,9 @@ def cmd_train(args) -> int:
                 raise UserError(str(exc)) from None
         run_cfg = {"data": {"spec": args.data, "options": options}, "init_from": args.init_from}
         _check_hankel_args(args, model)
+        if args.select_rank and args.select_rank >= min(model.state_dims):
+            raise UserError(f"--select-rank {args.select_rank} does not reduce a model of state dims "
+                            f"{model.state_dims}; give a real order below {min(model.state_dims)}.")
     rank, _ = distributed()
     summary = train(model, data, tcfg, out, run_config=run_cfg, resume=args.resume, progress=_progress(args))
     if rank == 0:
@@ -357,7 +363,7 @@ def _experiment_config(args):
         seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
         methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit, hankel_reg=args.hankel_reg,
         hankel_order=args.hankel_order, hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative,
-        model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
+        hankel_select_rank=args.hankel_select_rank, model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
                    warmup=args.warmup, grad_clip=args.grad_clip, device=args.device, patience=args.patience,
@@ -493,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-epochs", type=_nonneg_int, default=0, metavar="E",
                    help="with --patience: never stop before epoch E (in-training reduction has this floor at its last "
                         "reduction; a run without reductions on the same schedule is its control; default 0)")
+    t.add_argument("--select-rank", type=_even_state_dim, metavar="r",
+                   help="choose the best epoch (and, with --patience, stop) by the validation accuracy of the model "
+                        "reduced to real order r with --reduce-method, without retraining, instead of the full "
+                        "model's: for a model that will be deployed compressed (with --hankel-reg; default: off)")
     h = t.add_argument_group("Hankel-norm regularisation")
     g = t.add_argument_group("in-training reduction (CompreSSM's schedule)")
     g.add_argument("--reduce-to", type=_even_state_dim, metavar="r",
@@ -600,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--hankel-relative", action="store_true",
                    help="hankel-bt's penalty: the values beyond --hankel-order as a share of all of them, per "
                         "channel (needs --hankel-order)")
+    x.add_argument("--hankel-select-rank", type=_even_state_dim, default=None, metavar="r",
+                   help="hankel-bt's pre-training chooses its best epoch (and stops early) by the validation "
+                        "accuracy of the model after BT to order r, without retraining (train --select-rank; "
+                        "default: by the N model's own)")
     x.add_argument("--out", required=True, metavar="DIR", help="experiment folder")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.add_argument("--report-only", action="store_true",

@@ -109,6 +109,8 @@ class ExperimentConfig:
     hankel_order: int | None = None  # penalise the HSVs beyond this real order (None: all of them, the nuclear norm)
     hankel_sample: float = 1.0      # fraction of channels the penalty draws per step (train --hankel-sample)
     hankel_relative: bool = False   # penalise each channel's tail as a share of its Hankel energy (needs hankel_order)
+    hankel_select_rank: int | None = None  # choose original-hankel's best epoch by its validation accuracy after BT
+                                           # to this order, without retraining (train --select-rank)
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
     refit: bool | None = None       # least-squares refit of C, D after reduction (None: compress.DEFAULT_REFIT)
 
@@ -139,6 +141,10 @@ class ExperimentConfig:
         if not isinstance(self.hankel_relative, bool) or (self.hankel_relative and self.hankel_order is None):
             raise ValueError(f"hankel_relative must be True or False, and True only with a hankel_order, got "
                              f"{self.hankel_relative!r} with hankel_order {self.hankel_order!r}.")
+        r = self.hankel_select_rank
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 2 or r % 2 or r >= self.state_dim):
+            raise ValueError(f"hankel_select_rank must be None or an even integer in [2, {self.state_dim - 2}] (below "
+                             f"the state dimension), got {r!r}.")
         if not self.kernels:
             raise ValueError("kernels is empty; give at least one, e.g. --kernel s4d,dss-exp.")
         for k in self.kernels:
@@ -167,7 +173,7 @@ class _Unfinished(Exception):
 SELECTION = ("seeds", "ranks", "kernels", "methods")
 #: ExperimentConfig fields read only by hankel-bt's Hankel-regularised pre-training (``original-hankel``): they
 #: may change on a folder in which no such sub-run was started (the folder's experiment.json then records the new ones)
-HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "hankel_relative"})
+HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "hankel_relative", "hankel_select_rank"})
 
 
 def check_same_settings(cfg: ExperimentConfig, out) -> None:
@@ -242,16 +248,21 @@ def sub_run_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_run_settings(run_dir: Path, tcfg: TrainConfig, model_cfg: dict | None = None) -> None:
+def check_run_settings(run_dir: Path, tcfg: TrainConfig, model_cfg: dict | None = None,
+                       init_from: str | None = None) -> None:
     """A run folder made before (by a benchmark script or by ``ssmcompress train``) that is to be reused must
-    have been made with the training settings ``tcfg`` (and the model keywords ``model_cfg``); else one sentence
-    (ValueError) naming the settings that differ.  A folder without ``config.json`` passes."""
+    have been made with the training settings ``tcfg`` (and the model keywords ``model_cfg``) from the starting
+    point ``init_from`` (a checkpoint folder, or None for a fresh model); else one sentence (ValueError) naming
+    the settings that differ.  A folder without ``config.json`` passes."""
     if not (run_dir / ckpt.CONFIG).is_file():
         return
     old = ckpt.read_json(run_dir / ckpt.CONFIG)
     want, had = asdict(tcfg), old.get("train", {})
     diff = sorted(k for k in set(want) | set(had) if had.get(k, want.get(k)) != want.get(k))
     diff += sorted(f"model.{k}" for k in (model_cfg or {}) if old.get("model", {}).get(k) != model_cfg[k])
+    start = lambda p: None if p is None else Path(p).resolve()
+    if start(old.get("init_from")) != start(init_from):
+        diff.append(f"init_from: {old.get('init_from')} instead of {init_from}")
     if diff:
         raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); remove it or choose "
                          "another --out.")
@@ -383,7 +394,8 @@ def _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, 
         summ = run(folder, lambda: SequenceModel(**kw(cfg.state_dim, "legs")),
                    TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
                                   "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
-                                  "hankel_sample": cfg.hankel_sample, "hankel_relative": cfg.hankel_relative}))
+                                  "hankel_sample": cfg.hankel_sample, "hankel_relative": cfg.hankel_relative,
+                                  "select_rank": cfg.hankel_select_rank}))
         return _row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder)
     if kind == "in-training":
         folder = seed_dir / f"r{r}" / "in-training"
@@ -809,7 +821,9 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
              + (f"; Hankel penalty of `hankel-bt`: weight {cfg.hankel_reg}, "
                 f"{'all values (nuclear norm)' if cfg.hankel_order is None else f'beyond order {cfg.hankel_order}'}"
                 f"{' as a share of all of them' if cfg.hankel_relative else ''}, "
-                f"channel sample {cfg.hankel_sample}" if any(m.startswith("hankel-") for m in cfg.methods) else "")
+                f"channel sample {cfg.hankel_sample}"
+                + (f", best epoch chosen by validation accuracy after BT to order {cfg.hankel_select_rank}"
+                   if cfg.hankel_select_rank else "") if any(m.startswith("hankel-") for m in cfg.methods) else "")
              + ".",
              f"- Reductions as run (from the compressed runs): {used_txt}.",
              f"- Machine: {_machine()}." + (f" Wall time of this invocation: {wall_s / 60:.1f} min." if wall_s else "")

@@ -49,6 +49,9 @@ class TrainConfig:
                                # schedule of in-training reduction has this floor at its last reduction
     anneal: int = 0            # on an early stop: this many more epochs from the best checkpoint, the learning
                                # rate decaying (cosine) from its value at the stop to zero; 0 = plain stop
+    select_rank: int | None = None  # choose the best epoch (and stop early) by the validation score of the model
+                               # reduced to this real order per channel (reduce_method, no retraining): the
+                               # model that will be deployed compressed is selected by what it keeps
 
     def __post_init__(self):
         checks = [
@@ -81,6 +84,10 @@ class TrainConfig:
         checks += [
             ("reduce_to", self.reduce_to is None or (isinstance(self.reduce_to, int) and self.reduce_to >= 2
                                                      and self.reduce_to % 2 == 0), "None or a positive even integer"),
+            ("select_rank", self.select_rank is None or (
+                isinstance(self.select_rank, int) and not isinstance(self.select_rank, bool)
+                and self.select_rank >= 2 and self.select_rank % 2 == 0 and self.reduce_to is None),
+             "None or a positive even integer (real order), and not together with reduce_to"),
             ("reduce_at", (not ra and self.reduce_to is None) or (
                 self.reduce_to is not None and ra and all(isinstance(e, int) for e in ra) and ra == sorted(set(ra))
                 and 1 <= ra[0] and ra[-1] < self.epochs),
@@ -277,6 +284,18 @@ def _reduce_in_training(model, cfg: TrainConfig, state: dict, device):
     return small, torch.optim.AdamW(param_groups(small, cfg), lr=cfg.lr, betas=(0.9, 0.999))
 
 
+def _reduced_validation(model, data, cfg: TrainConfig, device) -> dict:
+    """Validation loss and accuracy of ``model`` reduced to ``cfg.select_rank`` (``cfg.reduce_method``)."""
+    from .compress import compress_model
+
+    if cfg.select_rank >= min(model.state_dims):
+        raise ValueError(f"select_rank={cfg.select_rank} does not reduce a model of state dims {model.state_dims}; "
+                         "expected a real order below the smallest.")
+    small, _ = compress_model(model, method=cfg.reduce_method, rank=cfg.select_rank)
+    return evaluate(small.to(device), *data.split("val"), task=data.task, batch_size=cfg.eval_batch_size,
+                    device=device)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | None = None,
@@ -373,6 +392,9 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                "time_s": round(time.perf_counter() - t_start, 3)}
         if cfg.hankel_reg > 0:  # mean over the epoch's steps, before the weight
             row["hankel_penalty"] = run_penalty / steps_per_epoch
+        if cfg.select_rank:     # the score that chooses the best epoch: the reduced model's
+            val = _reduced_validation(model, data, cfg, device)
+            row.update(val_loss_reduced=val["loss"], val_accuracy_reduced=val["accuracy"])
         better = (state["best_val_loss"] is None or
                   (val["accuracy"] is not None and val["accuracy"] > state["best_val_accuracy"]) or
                   (val["accuracy"] is None and val["loss"] < state["best_val_loss"]))
@@ -438,6 +460,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         summary["reductions"] = state["reductions"]
     if state.get("anneal"):
         summary["annealed_from_epoch"] = state["anneal"]["start_epoch"]
+    if cfg.select_rank:
+        summary["selected_by"] = f"validation accuracy after {cfg.reduce_method} to order {cfg.select_rank}"
     if rank == 0:
         best = ckpt.read_tensors(out / ckpt.WEIGHTS)
         ckpt.load_state(model, best, out / ckpt.WEIGHTS)
