@@ -83,7 +83,7 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
         check_run_settings(run_dir, tcfg, init_from=pre)
         summ = _train_run(run_dir, lambda: ckpt.load_model(pre)[0], tcfg, data,
                           {"data": {"spec": exp["data"], "options": exp.get("data_options", {})},
-                           "init_from": str(pre)})
+                           "init_from": str(pre.resolve())})
         model = finetuned_model(run_dir, fixed_epochs)
         acc = {s: evaluate(model, *splits[s], task=data.task)["accuracy"] for s in splits}
         refs = {name: ckpt.read_json(seed_dir / name / "summary.json")["test_accuracy"]

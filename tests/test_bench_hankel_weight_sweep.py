@@ -38,7 +38,7 @@ def test_sweep_rows_table_select_rank_and_reuse(tmp_path, capsys):
         for split in ("val", "test"):
             assert r[f"{split}_compressed"] == evaluate(small, *data.split(split), task=data.task)["accuracy"]
         if r["weight"] > 0 and r["seed"] == 1:
-            assert r["val_compressed"] == summ["best_val_accuracy"]
+            assert r["val_compressed"] == summ["best_val_accuracy_reduced"]
     # the table's last column is the paired comparison against the unregularised original of the same seed
     pen = sorted((r for r in rows if r["weight"] > 0), key=lambda r: r["seed"])
     base = {r["seed"]: r["test"] for r in rows if r["weight"] == 0}
@@ -54,3 +54,7 @@ def test_sweep_rows_table_select_rank_and_reuse(tmp_path, capsys):
                     "--out", str(out)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]       # (the lines before: rows of the reused seed 0
     assert "w0.1_o2_sel2/seed0 holds a run with other settings (hankel_sample); remove it" in last   # originals)
+    assert hs.main([*TINY, "--weights", "0.1", "--orders", "2", "--d-model", "6", "--out", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "w0_oall/seed0 holds a run with other settings (model.d_model)" in last
+    # (TINY gives --d-model 4 first; the later --d-model 6 wins)

@@ -215,6 +215,8 @@ def test_experiment_relative_hankel_penalty_needs_an_order(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "hankel_select_rank must be None or an even integer in [2, 6] (below the state dimension), got 8." in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+    with pytest.raises(ValueError, match="hankel_select_rank chooses the epoch with the default reduction"):
+        exp_mod.ExperimentConfig(state_dim=8, ranks=[4], hankel_select_rank=4, horizon="infinite")
 
 
 def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):

@@ -379,3 +379,14 @@ def test_min_epochs_keeps_patience_from_stopping_before_the_floor(tmp_path):
         TrainConfig(epochs=12, min_epochs=3)               # no patience to delay
     with pytest.raises(ValueError, match="min_epochs=13 is invalid"):
         TrainConfig(epochs=12, patience=2, min_epochs=13)
+
+
+def test_still_rising_reads_the_score_a_run_was_chosen_by():
+    from ssmcompress.experiment import still_rising
+
+    # the full model still rises at the end, the reduced one (train --select-rank) peaked early
+    hist = [{"val_accuracy": a, "val_accuracy_reduced": b}
+            for a, b in ((0.5, 0.5), (0.6, 0.9), (0.7, 0.8), (0.8, 0.7), (0.9, 0.6))]
+    assert still_rising(hist, stopped_early=False) is False
+    assert still_rising([{"val_accuracy": h["val_accuracy"]} for h in hist], stopped_early=False) is True
+    assert still_rising([], stopped_early=False) is None

@@ -82,7 +82,8 @@ def test_select_rank_chooses_the_epoch_by_the_reduced_models_validation_accuracy
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reduced = [r["val_accuracy_reduced"] for r in rows]
     assert len(rows) == 5 and summary["best_epoch"] == 1 + reduced.index(max(reduced))
-    assert summary["best_val_accuracy"] == max(reduced)
+    assert summary["best_val_accuracy_reduced"] == max(reduced)
+    assert summary["best_val_accuracy"] == rows[summary["best_epoch"] - 1]["val_accuracy"]     # the full model's
     assert summary["selected_by"] == "validation accuracy after bt to order 2"
     # the kept model, reduced to order 2 without retraining, has exactly the score it was chosen by
     model, _ = ckpt.load_model(out)
@@ -92,7 +93,40 @@ def test_select_rank_chooses_the_epoch_by_the_reduced_models_validation_accuracy
     assert json.loads((out / "config.json").read_text())["train"]["select_rank"] == 2
 
 
+def test_select_rank_only_chooses_it_does_not_change_the_training(tmp_path):
+    """The reduction at each epoch builds a model (random draws); the run with --select-rank must train exactly
+    as the same run without it, dropout masks included, and its early stop must follow the reduced score."""
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import train
+
+    data = load_dataset("digits")
+    make = lambda: (torch.manual_seed(0), SequenceModel(d_input=1, d_output=10, d_model=6, layers=2, state_dim=8,
+                                                        l_max=64, dropout=0.2))[1]
+    cfg = dict(epochs=6, batch_size=256, seed=0, hankel_reg=0.1, hankel_order=2, patience=1)
+    plain = train(make(), data, TrainConfig(**cfg, min_epochs=6), tmp_path / "plain", progress=False)
+    chosen = train(make(), data, TrainConfig(**cfg, select_rank=2), tmp_path / "chosen", progress=False)
+    read = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    a, b = read("plain"), read("chosen")
+    for ra, rb in zip(a, b):
+        assert (ra["train_loss"], ra["val_loss"], ra["hankel_penalty"]) == (rb["train_loss"], rb["val_loss"],
+                                                                            rb["hankel_penalty"])
+    reduced = [r["val_accuracy_reduced"] for r in b]
+    assert chosen["best_epoch"] == 1 + reduced.index(max(reduced))
+    # patience 1 on the reduced score: stopped one epoch after its best, or ran to the cap
+    assert chosen["epochs"] == (chosen["best_epoch"] + 1 if chosen["stopped_early"] else 6)
+    assert plain["epochs"] == 6 and len(a) == 6
+
+
 def test_select_rank_errors(tmp_path, capsys):
+    from ssmcompress.data import load_dataset
+    from ssmcompress.nn import SequenceModel
+    from ssmcompress.train import train
+
+    model = SequenceModel(d_input=1, d_output=10, d_model=4, layers=1, state_dim=4, l_max=64)
+    with pytest.raises(ValueError, match=r"select_rank=4 does not reduce a model of state dims \[4\]"):
+        train(model, load_dataset("digits"), TrainConfig(epochs=1, select_rank=4), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()                   # refused before anything is written
     with pytest.raises(ValueError, match="select_rank=3 is invalid; expected None or a positive even integer"):
         TrainConfig(select_rank=3)
     with pytest.raises(ValueError, match="select_rank=2 is invalid.*not together with reduce_to"):

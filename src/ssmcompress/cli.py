@@ -189,7 +189,9 @@ def cmd_train(args) -> int:
             _print_json(summary)
         else:
             acc = summary.get("test_accuracy")
-            print(f"run {out}: best val accuracy {summary['best_val_accuracy']} (epoch {summary['best_epoch']}), "
+            chosen = (f", chosen by the {summary['selected_by']}: {summary['best_val_accuracy_reduced']}"
+                      if summary.get("selected_by") else "")
+            print(f"run {out}: best val accuracy {summary['best_val_accuracy']} (epoch {summary['best_epoch']}{chosen}), "
                   f"test accuracy {acc if acc is None else round(acc, 4)}, {summary['wall_s']:.1f} s")
     return 0
 
@@ -268,7 +270,9 @@ def cmd_info(args) -> int:
             print(f"  compressed from {s['compressed_from']} ({s['method']}, rank {s['rank']}, energy {s['energy']}): "
                   f"test accuracy {s.get('test_accuracy_before')} before, {s.get('test_accuracy')} after, no retraining")
         elif s:
-            print(f"  best val accuracy {s.get('best_val_accuracy')}, test accuracy {s.get('test_accuracy')}")
+            chosen = (f" (epoch chosen by the {s['selected_by']}: {s.get('best_val_accuracy_reduced')})"
+                      if s.get("selected_by") else "")
+            print(f"  best val accuracy {s.get('best_val_accuracy')}{chosen}, test accuracy {s.get('test_accuracy')}")
     return 0
 
 
@@ -502,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--select-rank", type=_even_state_dim, metavar="r",
                    help="choose the best epoch (and, with --patience, stop) by the validation accuracy of the model "
                         "reduced to real order r with --reduce-method, without retraining, instead of the full "
-                        "model's: for a model that will be deployed compressed (with --hankel-reg; default: off)")
+                        "model's: for a model that will be deployed compressed, meant to be used with --hankel-reg "
+                        "(default: off)")
     h = t.add_argument_group("Hankel-norm regularisation")
     g = t.add_argument_group("in-training reduction (CompreSSM's schedule)")
     g.add_argument("--reduce-to", type=_even_state_dim, metavar="r",

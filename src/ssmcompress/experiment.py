@@ -145,6 +145,9 @@ class ExperimentConfig:
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 2 or r % 2 or r >= self.state_dim):
             raise ValueError(f"hankel_select_rank must be None or an even integer in [2, {self.state_dim - 2}] (below "
                              f"the state dimension), got {r!r}.")
+        if r is not None and (self.horizon != "auto" or self.refit is not None):
+            raise ValueError(f"hankel_select_rank chooses the epoch with the default reduction (horizon auto, default "
+                             f"refit), not the horizon {self.horizon!r} and refit {self.refit!r} asked for; drop one.")
         if not self.kernels:
             raise ValueError("kernels is empty; give at least one, e.g. --kernel s4d,dss-exp.")
         for k in self.kernels:
@@ -299,12 +302,13 @@ def _warm_start(pre: Path, model_kwargs: dict):
 
 def still_rising(history: list[dict], stopped_early: bool) -> bool | None:
     """Was validation accuracy still rising at the end: best epoch in the last max(2, 20 %) epochs of a run
-    that was not stopped early."""
-    if not history or history[0].get("val_accuracy") is None:
+    that was not stopped early (a run chosen by its reduced model, ``train --select-rank``: that accuracy)."""
+    key = "val_accuracy_reduced" if history and "val_accuracy_reduced" in history[-1] else "val_accuracy"
+    if not history or history[0].get(key) is None:
         return None
     if stopped_early:
         return False
-    accs = [h["val_accuracy"] for h in history]
+    accs = [h[key] for h in history]
     k = max(2, math.ceil(0.2 * len(accs)))
     best = int(np.argmax(accs)) + 1
     return best > len(accs) - k

@@ -50,8 +50,9 @@ class TrainConfig:
     anneal: int = 0            # on an early stop: this many more epochs from the best checkpoint, the learning
                                # rate decaying (cosine) from its value at the stop to zero; 0 = plain stop
     select_rank: int | None = None  # choose the best epoch (and stop early) by the validation score of the model
-                               # reduced to this real order per channel (reduce_method, no retraining): the
-                               # model that will be deployed compressed is selected by what it keeps
+                               # reduced to this real order per channel (reduce_method, compress_model's default
+                               # horizon and refit, no retraining): the model that will be deployed compressed
+                               # is selected by what it keeps
 
     def __post_init__(self):
         checks = [
@@ -285,15 +286,24 @@ def _reduce_in_training(model, cfg: TrainConfig, state: dict, device):
 
 
 def _reduced_validation(model, data, cfg: TrainConfig, device) -> dict:
-    """Validation loss and accuracy of ``model`` reduced to ``cfg.select_rank`` (``cfg.reduce_method``)."""
+    """Validation loss and accuracy of ``model`` reduced to ``cfg.select_rank`` (``cfg.reduce_method``).
+
+    Building the reduced model draws from torch's random generators; they are put back afterwards, so a run
+    with ``select_rank`` trains exactly as the same run without it (dropout masks included)."""
     from .compress import compress_model
 
-    if cfg.select_rank >= min(model.state_dims):
-        raise ValueError(f"select_rank={cfg.select_rank} does not reduce a model of state dims {model.state_dims}; "
-                         "expected a real order below the smallest.")
-    small, _ = compress_model(model, method=cfg.reduce_method, rank=cfg.select_rank)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        small, _ = compress_model(model, method=cfg.reduce_method, rank=cfg.select_rank)
     return evaluate(small.to(device), *data.split("val"), task=data.task, batch_size=cfg.eval_batch_size,
                     device=device)
+
+
+def _record_best(state: dict, val: dict, reduced: dict | None, epoch: int) -> None:
+    """The new best epoch: the full model's validation scores, and the reduced model's when it was chosen by them."""
+    state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
+    if reduced is not None:
+        state["best_val_accuracy_reduced"], state["best_val_loss_reduced"] = reduced["accuracy"], reduced["loss"]
+    state["best_epoch"] = epoch
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -313,6 +323,9 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.select_rank and cfg.select_rank >= min(model.state_dims):
+        raise ValueError(f"select_rank={cfg.select_rank} does not reduce a model of state dims {model.state_dims}; "
+                         "expected a real order below the smallest.")
     model.to(device)
     task = data.task
     x_tr, y_tr, l_tr = data.split("train")  # x may be stored (uint8, memory-mapped): converted per batch
@@ -392,28 +405,31 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                "time_s": round(time.perf_counter() - t_start, 3)}
         if cfg.hankel_reg > 0:  # mean over the epoch's steps, before the weight
             row["hankel_penalty"] = run_penalty / steps_per_epoch
+        score, best = val, (state["best_val_accuracy"], state["best_val_loss"])
         if cfg.select_rank:     # the score that chooses the best epoch: the reduced model's
-            val = _reduced_validation(model, data, cfg, device)
-            row.update(val_loss_reduced=val["loss"], val_accuracy_reduced=val["accuracy"])
-        better = (state["best_val_loss"] is None or
-                  (val["accuracy"] is not None and val["accuracy"] > state["best_val_accuracy"]) or
-                  (val["accuracy"] is None and val["loss"] < state["best_val_loss"]))
+            score = _reduced_validation(model, data, cfg, device)
+            row.update(val_loss_reduced=score["loss"], val_accuracy_reduced=score["accuracy"])
+            best = (state.get("best_val_accuracy_reduced"), state.get("best_val_loss_reduced"))
+        better = (best[1] is None or
+                  (score["accuracy"] is not None and score["accuracy"] > best[0]) or
+                  (score["accuracy"] is None and score["loss"] < best[1]))
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
         state["history"].append(row)
         if rank == 0:
             if better:
-                state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
-                state["best_epoch"] = epoch + 1
+                _record_best(state, val, score if cfg.select_rank else None, epoch + 1)
                 ckpt.write_tensors(out / ckpt.WEIGHTS, model.state_dict())
             _save_last(out, model, opt, state)
             ckpt.write_text(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
             if progress:
                 acc = "" if val["accuracy"] is None else f" val_acc {val['accuracy']:.4f}"
+                if cfg.select_rank:
+                    acc += (f"; reduced to order {cfg.select_rank}: val_loss {score['loss']:.4f}"
+                            + ("" if score["accuracy"] is None else f" val_acc {score['accuracy']:.4f}"))
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['loss']:.4f}{acc}")
         elif better:
-            state["best_val_accuracy"], state["best_val_loss"] = val["accuracy"], val["loss"]
-            state["best_epoch"] = epoch + 1
+            _record_best(state, val, score if cfg.select_rank else None, epoch + 1)
         reductions_done = not cfg.reduce_at or state["epoch"] > cfg.reduce_at[-1]
         an = state.get("anneal")
         patience_out = (cfg.patience and reductions_done and not an and cfg.min_epochs <= state["epoch"] < cfg.epochs
@@ -461,7 +477,10 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
     if state.get("anneal"):
         summary["annealed_from_epoch"] = state["anneal"]["start_epoch"]
     if cfg.select_rank:
-        summary["selected_by"] = f"validation accuracy after {cfg.reduce_method} to order {cfg.select_rank}"
+        summary["best_val_accuracy_reduced"] = state.get("best_val_accuracy_reduced")
+        summary["best_val_loss_reduced"] = state.get("best_val_loss_reduced")
+        summary["selected_by"] = (f"validation {'accuracy' if task == 'classification' else 'loss'} after "
+                                  f"{cfg.reduce_method} to order {cfg.select_rank}")
     if rank == 0:
         best = ckpt.read_tensors(out / ckpt.WEIGHTS)
         ckpt.load_state(model, best, out / ckpt.WEIGHTS)
