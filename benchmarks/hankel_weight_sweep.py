@@ -56,18 +56,16 @@ def pretrain(args, data, weight, order, seed) -> Path:
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
                       hankel_order=order if penalised else None, hankel_sample=args.sample if penalised else 1.0,
                       hankel_relative=relative, select_rank=select)
-    shape = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
-                          kernel=args.kernel, init="legs").config
+    torch.manual_seed(seed)
+    model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
+                          kernel=args.kernel, init="legs")
     # a folder trained with other settings (e.g. --sample, --state-dim) is not reused
-    check_run_settings(folder, cfg, {k: shape[k] for k in ("d_model", "layers", "state_dim", "kernel", "init")})
+    check_run_settings(folder, cfg, {k: model.config[k] for k in ("d_model", "layers", "state_dim", "kernel", "init")})
     if (folder / "summary.json").is_file():
         return folder
     if folder.exists():
         import shutil
         shutil.rmtree(folder)
-    torch.manual_seed(seed)
-    model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
-                          kernel=args.kernel, init="legs")
     train(model, data, cfg, folder, run_config={"data": {"spec": args.data, "options": {}}, "init_from": None},
           progress=False)
     return folder

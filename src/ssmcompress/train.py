@@ -416,9 +416,10 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
         state["history"].append(row)
+        if better:
+            _record_best(state, val, score if cfg.select_rank else None, epoch + 1)
         if rank == 0:
             if better:
-                _record_best(state, val, score if cfg.select_rank else None, epoch + 1)
                 ckpt.write_tensors(out / ckpt.WEIGHTS, model.state_dict())
             _save_last(out, model, opt, state)
             ckpt.write_text(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
@@ -428,8 +429,6 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
                     acc += (f"; reduced to order {cfg.select_rank}: val_loss {score['loss']:.4f}"
                             + ("" if score["accuracy"] is None else f" val_acc {score['accuracy']:.4f}"))
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['loss']:.4f}{acc}")
-        elif better:
-            _record_best(state, val, score if cfg.select_rank else None, epoch + 1)
         reductions_done = not cfg.reduce_at or state["epoch"] > cfg.reduce_at[-1]
         an = state.get("anneal")
         patience_out = (cfg.patience and reductions_done and not an and cfg.min_epochs <= state["epoch"] < cfg.epochs
