@@ -1,5 +1,6 @@
 """compress_model, the compress / experiment commands, at tiny sizes."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -333,3 +334,76 @@ def test_experiment_report_only_reads_finished_sub_runs_and_lists_the_rest(tmp_p
     assert main(base + ["--ranks", "4", "--seeds", "3,", "--methods", "legs", "--report-only"]) == 2
     err = capsys.readouterr().err
     assert "none of the 2 selected sub-runs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_experiment_report_includes_earlier_results_for_sub_runs_the_folder_lost(tmp_path, capsys, monkeypatch):
+    out, keep = tmp_path / "exp", tmp_path / "kept"
+    base = ["experiment", "--data", "digits", "--state-dim", "8", "--epochs", "1", "--main-epochs", "1",
+            "--seeds", "1", "--out", str(out), *TINY]
+    assert main(base + ["--ranks", "4", "--methods", "bt,legs"]) == 0
+    capsys.readouterr()
+    keep.mkdir()
+    for name in ("results.json", "experiment.json"):
+        shutil.copy(out / name, keep / name)
+    earlier = {(r["method"], r["rank"]): r for r in json.loads((keep / "results.json").read_text())}
+    assert earlier[("bt-noretrain", 4)]["reductions"]            # the reduction as run travels with the row
+    # the folder loses its legs run and its compressed run (bt and bt-noretrain); the original is made again
+    shutil.rmtree(out / "s4d" / "seed0" / "r4" / "legs")
+    shutil.rmtree(out / "s4d" / "seed0" / "r4" / "bt-compressed")
+    shutil.rmtree(out / "s4d" / "seed0" / "r4" / "bt")
+    calls = []
+    monkeypatch.setattr(exp_mod, "train", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(exp_mod, "compress_run", lambda *a, **k: calls.append(a))
+    report_args = base + ["--ranks", "4", "--methods", "bt,legs", "--report-only"]
+    assert main(report_args + ["--include-results", str(keep / "results.json")]) == 0
+    assert calls == []
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted((r["method"], r["rank"]) for r in rows) == sorted(earlier)
+    for r in rows:
+        assert r["test_accuracy"] == earlier[(r["method"], r["rank"])]["test_accuracy"]
+    report = (out / "report.md").read_text()
+    assert f"- 3 rows from the earlier results `{keep / 'results.json'}`" in report
+    assert "- 1 sub-run made again in this folder and also in those results: 1 with the same test accuracy" in report
+    assert "Report only" not in report                   # nothing is missing
+    assert "bt: horizon" in report                       # the reduction as run, read from the included row
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["included"] == {str(keep / "results.json"): 3}
+    assert summary["rechecked"] == [{"sub_run": "s4d/seed0/original", "here": earlier[("original", None)]["test_accuracy"],
+                                     "included": earlier[("original", None)]["test_accuracy"], "same": True}]
+    # a made-again sub-run whose accuracy differs from the included one is named in the report
+    changed = json.loads((keep / "results.json").read_text())
+    for r in changed:
+        if r["method"] == "original":
+            r["test_accuracy"] = 0.123
+    (keep / "results.json").write_text(json.dumps(changed))
+    assert main(report_args + ["--include-results", str(keep / "results.json")]) == 0
+    assert "differing: `s4d/seed0/original` (" in (out / "report.md").read_text()
+    assert "12.30 % there)" in (out / "report.md").read_text()
+    capsys.readouterr()
+    # other settings, no experiment.json beside the file, not a list of rows, training with it: one sentence each
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = json.loads((keep / "experiment.json").read_text())
+    (other / "experiment.json").write_text(json.dumps({**cfg, "epochs": 2}))
+    shutil.copy(keep / "results.json", other / "results.json")
+    assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
+    assert "made with other settings (epochs)" in capsys.readouterr().err
+    (other / "experiment.json").unlink()
+    assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
+    assert "has no experiment.json beside it" in capsys.readouterr().err
+    (other / "experiment.json").write_text(json.dumps(cfg))
+    (other / "results.json").write_text(json.dumps([{"method": "bt"}]))
+    assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
+    assert "is not a list of experiment rows" in capsys.readouterr().err
+    assert main(report_args + ["--include-results", str(tmp_path / "nothing.json")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert main(base + ["--ranks", "4", "--methods", "bt,legs", "--include-results", str(keep / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--include-results needs --report-only" in err and len(err.strip().splitlines()) == 1
+    # two included files that disagree on a sub-run
+    (other / "results.json").write_text(json.dumps(json.loads((out / "results.json").read_text())))
+    assert main(report_args + ["--include-results", str(keep / "results.json"),
+                               "--include-results", str(other / "results.json")]) == 2
+    assert "included results disagree on s4d seed 0 original" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="only read by a report-only invocation"):
+        exp_mod.run_experiment(exp_mod.ExperimentConfig(data="digits"), out, include=[keep / "results.json"])

@@ -394,8 +394,12 @@ def cmd_experiment(args) -> int:
     _check_anneal(args)
     cfg = _experiment_config(args)
     out = Path(args.out)
+    if args.include_results and not args.report_only:
+        raise UserError("--include-results needs --report-only: included rows only fill in a report, they are not "
+                        "runs that training could build on.")
     try:
-        rows = run_experiment(cfg, out, progress=_progress(args), report_only=args.report_only)
+        rows = run_experiment(cfg, out, progress=_progress(args), report_only=args.report_only,
+                              include=args.include_results)
     except FileNotFoundError as exc:
         if not args.report_only:
             raise
@@ -625,6 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and compress nothing: write results.json and report.md from the selected sub-runs "
                         "that are finished (the same settings as the folder's; seeds, ranks, kernels and methods "
                         "may differ), and list the selected ones that are not")
+    x.add_argument("--include-results", action="append", metavar="RESULTS.json",
+                   help="with --report-only: rows of an earlier results.json (beside its experiment.json, same "
+                        "settings) stand in for selected sub-runs this folder does not hold; sub-runs in both are "
+                        "taken from the folder and the report says whether their accuracies agree (repeatable)")
     _add_model_args(x)
     _add_train_args(x)
     for a in x._actions:

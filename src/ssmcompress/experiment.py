@@ -314,6 +314,12 @@ def still_rising(history: list[dict], stopped_early: bool) -> bool | None:
     return best > len(accs) - k
 
 
+def _reductions(summary: dict) -> list[list]:
+    """[method, horizon, refit] of every distinct reduction in a compressed run's summary.json."""
+    return [list(t) for t in sorted({(lay.get("method", "bt"), lay.get("horizon"), lay.get("refit", False))
+                                     for lay in summary.get("layers", [])}, key=str)]
+
+
 def _row(method, kernel, state_dim, seed, retrained, summary, run: Path, rank=None) -> dict:
     model, _ = ckpt.load_model(run)
     info = {**model.parameter_counts(), "state_dims": model.state_dims}
@@ -321,6 +327,8 @@ def _row(method, kernel, state_dim, seed, retrained, summary, run: Path, rank=No
            "retrained": retrained, "test_accuracy": summary.get("test_accuracy"),
            "val_accuracy": summary.get("best_val_accuracy"), "ssm_params": info["ssm_params"],
            "params": info["params"], "state_dims": info["state_dims"], "run": str(run)}
+    if not retrained:       # the reductions as run, for a report written after the folder is gone
+        row["reductions"] = _reductions(ckpt.read_json(run / "summary.json"))
     if retrained:
         history = [json.loads(line) for line in (run / ckpt.METRICS).read_text().splitlines() if line.strip()]
         row.update(epochs=summary.get("epochs"), max_epochs=summary.get("max_epochs"),
@@ -330,22 +338,83 @@ def _row(method, kernel, state_dim, seed, retrained, summary, run: Path, rank=No
     return row
 
 
-def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_only: bool = False) -> list[dict]:
+#: the keys a results.json row must carry to be included in a report (:func:`read_included_results`)
+_ROW_KEYS = ("method", "kernel", "state_dim", "rank", "seed", "retrained", "test_accuracy", "ssm_params", "params",
+             "state_dims")
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["kernel"], row["seed"], row["method"], row["rank"])
+
+
+def read_included_results(cfg: ExperimentConfig, paths) -> tuple[dict, dict]:
+    """The rows of earlier results.json files, for a report-only invocation to fill in sub-runs its folder does
+    not hold (say, folders removed to save disk, or seeds run on another machine).
+
+    Each file must lie beside the experiment.json of the invocation that wrote it, made with the same settings as
+    ``cfg`` (seeds, ranks, kernels and methods aside), else one sentence (ValueError).  Returns (rows by
+    (kernel, seed, method, rank), number of rows per file); two files that disagree on one sub-run are an error."""
+    rows: dict = {}
+    counts: dict = {}
+    now = json.loads(json.dumps(asdict(cfg)))
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"included results {path} is not a file; expected the results.json of an "
+                                    "earlier `experiment` run.")
+        exp_json = path.parent / "experiment.json"
+        if not exp_json.is_file():
+            raise FileNotFoundError(f"included results {path} has no experiment.json beside it; the settings its "
+                                    "rows were made with cannot be checked.")
+        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(exp_json)}
+        changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+        if changed:
+            raise ValueError(f"included results {path} were made with other settings ({', '.join(changed)}); only "
+                             "results of the same experiment settings can share a report.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"included results {path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) and all(k in r for k in _ROW_KEYS)
+                                                 for r in data):
+            raise ValueError(f"included results {path} is not a list of experiment rows (each with "
+                             f"{', '.join(_ROW_KEYS)}).")
+        counts[str(path)] = 0
+        for r in data:
+            key = _row_key(r)
+            if key in rows and rows[key]["test_accuracy"] != r["test_accuracy"]:
+                raise ValueError(f"included results disagree on {key[0]} seed {key[1]} {key[2]}"
+                                 + ("" if key[3] is None else f" r={key[3]}")
+                                 + f": test accuracy {rows[key]['test_accuracy']} in one file, {r['test_accuracy']} "
+                                   f"in {path}.")
+            rows.setdefault(key, {**r, "_included_from": str(path)})
+    return rows, counts
+
+
+def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_only: bool = False,
+                   include=None) -> list[dict]:
     """Run (or finish) the whole protocol under ``out`` and write results.json and report.md.
 
     ``report_only``: train and compress nothing; results.json and report.md cover the selected sub-runs that are
     finished (for instance while other processes still work on the folder, or over methods run at different
-    ranks), and the report lists the selected ones that are not."""
+    ranks), and the report lists the selected ones that are not.  ``include`` (report only): earlier results.json
+    files of the same settings (:func:`read_included_results`) whose rows stand in for selected sub-runs this
+    folder does not hold; a sub-run held in both is taken from the folder, and the report says whether the two
+    test accuracies agree (a rerun's check of reproducibility)."""
     from tqdm.auto import tqdm
 
     from .data import load_dataset
 
     out = Path(out)
     t0 = time.perf_counter()
+    if include and not report_only:
+        raise ValueError("included results are only read by a report-only invocation; training next to rows whose "
+                         "runs are not in the folder would mix them into sub-runs that depend on them.")
     check_same_settings(cfg, out)
     if report_only and not (out / "experiment.json").is_file():
         raise FileNotFoundError(f"{out} holds no experiment (no experiment.json); report_only needs a folder that "
                                 "`experiment` has run in.")
+    included, included_counts = read_included_results(cfg, include or [])
     data = load_dataset(cfg.data, **cfg.data_options)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(out / "experiment.json", asdict(cfg))
@@ -356,15 +425,28 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
     missing: list[str] = []
     jobs = _job_list(cfg)
     bar = tqdm(jobs, desc="experiment", disable=not progress, dynamic_ncols=True)
+    rechecked: list[dict] = []          # sub-runs both in the folder and in the included results
     for kernel, seed, kind, r in bar:
         bar.set_postfix_str(f"{kernel} seed {seed} {kind}" + ("" if r is None else f" r={r}"))
         try:
-            rows.append(_one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, report_only))
+            row = _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, report_only)
         except _Unfinished as exc:
+            key = (kernel, seed, kind, r)
+            if key in included:
+                row = {k: v for k, v in included[key].items() if k != "_included_from"}
+                included_counts[included[key]["_included_from"]] += 1
+                rows.append(row)
+                continue
             name = str(Path(exc.args[0]).relative_to(out))
             if name not in missing:       # bt and bt-noretrain both wait on one compressed sub-run
                 missing.append(name)
             continue
+        old = included.get((kernel, seed, kind, r))
+        if old is not None:
+            rechecked.append({"sub_run": f"{kernel}/seed{seed}/{kind}" + ("" if r is None else f"/r{r}"),
+                              "here": row["test_accuracy"], "included": old["test_accuracy"],
+                              "same": row["test_accuracy"] == old["test_accuracy"]})
+        rows.append(row)
         if not report_only:
             ckpt.write_json(out / "results.json", rows)
     bar.close()
@@ -372,7 +454,8 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
         if not rows:
             raise FileNotFoundError(f"none of the {len(jobs)} selected sub-runs in {out} is finished; nothing to report.")
         ckpt.write_json(out / "results.json", rows)
-    write_report(cfg, out, rows, data, wall_s=None if report_only else time.perf_counter() - t0, missing=missing)
+    write_report(cfg, out, rows, data, wall_s=None if report_only else time.perf_counter() - t0, missing=missing,
+                 included=included_counts if include else None, rechecked=rechecked if include else None)
     return rows
 
 
@@ -798,9 +881,12 @@ def _machine() -> str:
 
 
 def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, wall_s: float | None = None,
-                 missing: list[str] | None = None) -> None:
+                 missing: list[str] | None = None, included: dict | None = None,
+                 rechecked: list[dict] | None = None) -> None:
     """Write ``report.md``, ``summary.json`` and the figures from ``rows`` (the content of results.json);
-    ``missing``: selected sub-runs that are not finished (a report-only invocation), listed in the report."""
+    ``missing``: selected sub-runs that are not finished (a report-only invocation), listed in the report;
+    ``included``: rows taken from each earlier results.json; ``rechecked``: sub-runs both here and in those files
+    (see :func:`run_experiment`)."""
     import matplotlib
     matplotlib.use("Agg")
 
@@ -812,9 +898,10 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
     major = majority_rate(data)
     main_epochs = cfg.main_epochs or cfg.epochs
     patience = cfg.train.get("patience", 0)
-    used = sorted({(lay.get("method", "bt"), lay.get("horizon"), lay.get("refit", False))
-                   for r in rows if not r["retrained"]
-                   for lay in ckpt.read_json(Path(r["run"]) / "summary.json").get("layers", [])}, key=str)
+    used = sorted({tuple(red) for r in rows if not r["retrained"]
+                   for red in (r["reductions"] if "reductions" in r
+                               else _reductions(ckpt.read_json(Path(r["run"]) / "summary.json"))
+                               if (Path(r["run"]) / "summary.json").is_file() else [])}, key=str)
     used_txt = "; ".join(f"{m}: horizon {'infinite' if h is None else h}, refit {f}" for m, h, f in used) or "none"
     lines = [f"# Compression of `{cfg.data}`: balanced truncation against equal-size controls", "",
              f"- N = {cfg.state_dim} pre-trained from Skew-HiPPO (cap {cfg.epochs} epochs); ranks {cfg.ranks}; "
@@ -837,6 +924,7 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
                 f"finished; the rows that need {'them' if len(missing) > 1 else 'it'} are left out: "
                 + ", ".join(f"`{m}`" for m in missing[:12]) + (", ..." if len(missing) > 12 else "") + "."]
                if missing else []),
+             *_included_lines(included, rechecked),
              "", "Every compressed model stores exactly r/2 modes per channel: the same state dims and parameter "
              "count as the fresh size-r baselines (the `equal size` column checks it seed by seed). "
              "\"still rising\": runs whose best validation accuracy fell in the last 20 % (at least 2) of their "
@@ -910,7 +998,25 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
     ckpt.write_text(out / "report.md", "\n".join(lines))
     ckpt.write_json(out / "summary.json", {"table": table, "comparisons": comps, "correlations": corr, "parent_losses": losses,
                                            "majority_rate": major, "wall_s": wall_s,
-                                           **({"missing": list(missing)} if missing else {})})
+                                           **({"missing": list(missing)} if missing else {}),
+                                           **({"included": included, "rechecked": rechecked} if included else {})})
+
+
+def _included_lines(included: dict | None, rechecked: list[dict] | None) -> list[str]:
+    """The report's lines on rows taken from earlier results files and on sub-runs made again."""
+    if not included:
+        return []
+    lines = [f"- {n} row{'s' if n != 1 else ''} from the earlier results `{path}` (same settings; sub-runs this "
+             "folder does not hold)." for path, n in included.items()]
+    if rechecked:
+        same = sum(c["same"] for c in rechecked)
+        differ = [c for c in rechecked if not c["same"]]
+        lines.append(f"- {len(rechecked)} sub-run{'s' if len(rechecked) != 1 else ''} made again in this folder and "
+                     f"also in those results: {same} with the same test accuracy"
+                     + (", differing: " + ", ".join(f"`{c['sub_run']}` ({100 * c['here']:.2f} % here, "
+                                                    f"{100 * c['included']:.2f} % there)" for c in differ)
+                        if differ else "") + "; the report uses the ones made here.")
+    return lines
 
 
 def _plot_responses(pre: Path, comp: Path, path: Path, rank: int, channels: int = 3) -> None:
