@@ -347,47 +347,69 @@ def test_experiment_report_includes_earlier_results_for_sub_runs_the_folder_lost
         shutil.copy(out / name, keep / name)
     earlier = {(r["method"], r["rank"]): r for r in json.loads((keep / "results.json").read_text())}
     assert earlier[("bt-noretrain", 4)]["reductions"]            # the reduction as run travels with the row
-    # the folder loses its legs run and its compressed run (bt and bt-noretrain); the original is made again
-    shutil.rmtree(out / "s4d" / "seed0" / "r4" / "legs")
+    # the folder loses its compressed run and the main training from it (bt-noretrain and bt)
     shutil.rmtree(out / "s4d" / "seed0" / "r4" / "bt-compressed")
     shutil.rmtree(out / "s4d" / "seed0" / "r4" / "bt")
     calls = []
     monkeypatch.setattr(exp_mod, "train", lambda *a, **k: calls.append(a) or {})
     monkeypatch.setattr(exp_mod, "compress_run", lambda *a, **k: calls.append(a))
     report_args = base + ["--ranks", "4", "--methods", "bt,legs", "--report-only"]
-    assert main(report_args + ["--include-results", str(keep / "results.json")]) == 0
+    kept = str(keep / "results.json")
+    assert main(report_args + ["--include-results", kept]) == 0
     assert calls == []
     rows = json.loads((out / "results.json").read_text())
     assert sorted((r["method"], r["rank"]) for r in rows) == sorted(earlier)
     for r in rows:
         assert r["test_accuracy"] == earlier[(r["method"], r["rank"])]["test_accuracy"]
     report = (out / "report.md").read_text()
-    assert f"- 3 rows from the earlier results `{keep / 'results.json'}`" in report
-    assert "- 1 sub-run made again in this folder and also in those results: 1 with the same test accuracy" in report
+    assert f"- 2 rows from the earlier results `{kept}`" in report
+    assert ("- 2 sub-runs both in this folder and in those results (made again here): 2 with the same test "
+            "accuracy; the report uses the ones made here.") in report
     assert "Report only" not in report                   # nothing is missing
     assert "bt: horizon" in report                       # the reduction as run, read from the included row
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["included"] == {str(keep / "results.json"): 3}
-    assert summary["rechecked"] == [{"sub_run": "s4d/seed0/original", "here": earlier[("original", None)]["test_accuracy"],
-                                     "included": earlier[("original", None)]["test_accuracy"], "same": True}]
-    # a made-again sub-run whose accuracy differs from the included one is named in the report
+    assert summary["included"] == {kept: 2}
+    assert [c["sub_run"] for c in summary["rechecked"]] == ["s4d/seed0/original", "s4d/seed0/legs/r4"]
+    assert all(c["same"] for c in summary["rechecked"])
+    # the folder's own results.json: its rows of sub-runs still in the folder are not read twice
+    own = tmp_path / "own.json"
+    shutil.copy(out / "results.json", own)
+    assert main(report_args + ["--include-results", str(out / "results.json")]) == 0
+    report = (out / "report.md").read_text()
+    assert "- 2 rows from the earlier results" in report and "both in this folder" not in report
+    assert sorted((r["method"], r["rank"]) for r in json.loads((out / "results.json").read_text())) == sorted(earlier)
+    # a sub-run in both whose accuracy differs: the folder's row is used and the report names it
     changed = json.loads((keep / "results.json").read_text())
     for r in changed:
-        if r["method"] == "original":
+        if r["method"] == "legs":
             r["test_accuracy"] = 0.123
     (keep / "results.json").write_text(json.dumps(changed))
-    assert main(report_args + ["--include-results", str(keep / "results.json")]) == 0
-    assert "differing: `s4d/seed0/original` (" in (out / "report.md").read_text()
-    assert "12.30 % there)" in (out / "report.md").read_text()
+    assert main(report_args + ["--include-results", kept]) == 0
+    report = (out / "report.md").read_text()
+    assert "1 with the same test accuracy, differing: `s4d/seed0/legs/r4` (" in report and "12.30 % there)" in report
+    legs = [r for r in json.loads((out / "results.json").read_text()) if r["method"] == "legs"]
+    assert legs[0]["test_accuracy"] == earlier[("legs", 4)]["test_accuracy"] != 0.123
     capsys.readouterr()
+    # the parent made again with another accuracy: the included rows built on it came from another parent
+    for r in changed:
+        if r["method"] == "original":
+            r["test_accuracy"] = 0.456
+    (keep / "results.json").write_text(json.dumps(changed))
+    assert main(report_args + ["--include-results", kept]) == 2
+    err = capsys.readouterr().err
+    assert "s4d seed 0 original was made again with another test accuracy" in err
+    assert "so the included s4d seed 0 bt r=4 came from another parent" in err
     # other settings, no experiment.json beside the file, not a list of rows, training with it: one sentence each
     other = tmp_path / "other"
     other.mkdir()
     cfg = json.loads((keep / "experiment.json").read_text())
     (other / "experiment.json").write_text(json.dumps({**cfg, "epochs": 2}))
-    shutil.copy(keep / "results.json", other / "results.json")
+    shutil.copy(own, other / "results.json")
     assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
     assert "made with other settings (epochs)" in capsys.readouterr().err
+    (other / "experiment.json").write_text("[1, 2]")
+    assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
+    assert "is not an experiment's settings" in capsys.readouterr().err
     (other / "experiment.json").unlink()
     assert main(report_args + ["--include-results", str(other / "results.json")]) == 2
     assert "has no experiment.json beside it" in capsys.readouterr().err
@@ -397,13 +419,14 @@ def test_experiment_report_includes_earlier_results_for_sub_runs_the_folder_lost
     assert "is not a list of experiment rows" in capsys.readouterr().err
     assert main(report_args + ["--include-results", str(tmp_path / "nothing.json")]) == 2
     assert "is not a file" in capsys.readouterr().err
-    assert main(base + ["--ranks", "4", "--methods", "bt,legs", "--include-results", str(keep / "results.json")]) == 2
+    assert main(base + ["--ranks", "4", "--methods", "bt,legs", "--include-results", kept]) == 2
     err = capsys.readouterr().err
     assert "--include-results needs --report-only" in err and len(err.strip().splitlines()) == 1
-    # two included files that disagree on a sub-run
-    (other / "results.json").write_text(json.dumps(json.loads((out / "results.json").read_text())))
-    assert main(report_args + ["--include-results", str(keep / "results.json"),
-                               "--include-results", str(other / "results.json")]) == 2
-    assert "included results disagree on s4d seed 0 original" in capsys.readouterr().err
+    # two included files that disagree on a sub-run: both are named
+    shutil.copy(own, other / "results.json")
+    assert main(report_args + ["--include-results", kept, "--include-results", str(other / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"included results disagree on s4d seed 0 original: test accuracy 0.456 in {kept}" in err
+    assert str(other / "results.json") in err
     with pytest.raises(ValueError, match="only read by a report-only invocation"):
         exp_mod.run_experiment(exp_mod.ExperimentConfig(data="digits"), out, include=[keep / "results.json"])

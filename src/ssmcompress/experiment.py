@@ -366,7 +366,11 @@ def read_included_results(cfg: ExperimentConfig, paths) -> tuple[dict, dict]:
         if not exp_json.is_file():
             raise FileNotFoundError(f"included results {path} has no experiment.json beside it; the settings its "
                                     "rows were made with cannot be checked.")
-        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(exp_json)}
+        recorded = ckpt.read_json(exp_json)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{exp_json} is not an experiment's settings (a JSON object); the settings the rows of "
+                             f"{path} were made with cannot be checked.")
+        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **recorded}
         changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
         if changed:
             raise ValueError(f"included results {path} were made with other settings ({', '.join(changed)}); only "
@@ -383,12 +387,22 @@ def read_included_results(cfg: ExperimentConfig, paths) -> tuple[dict, dict]:
         for r in data:
             key = _row_key(r)
             if key in rows and rows[key]["test_accuracy"] != r["test_accuracy"]:
-                raise ValueError(f"included results disagree on {key[0]} seed {key[1]} {key[2]}"
-                                 + ("" if key[3] is None else f" r={key[3]}")
-                                 + f": test accuracy {rows[key]['test_accuracy']} in one file, {r['test_accuracy']} "
-                                   f"in {path}.")
+                raise ValueError(f"included results disagree on {_key_name(key)}: test accuracy "
+                                 f"{rows[key]['test_accuracy']} in {rows[key]['_included_from']}, "
+                                 f"{r['test_accuracy']} in {path}.")
             rows.setdefault(key, {**r, "_included_from": str(path)})
     return rows, counts
+
+
+def _key_name(key: tuple) -> str:
+    return f"{key[0]} seed {key[1]} {key[2]}" + ("" if key[3] is None else f" r={key[3]}")
+
+
+def _builds_on(method: str) -> str | None:
+    """The N sub-run of the same seed whose weights ``method`` starts from (None: a fresh model)."""
+    if method in _COMPRESSED or method in ("warmstart", "original-continued"):
+        return parent_of(method)
+    return None
 
 
 def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_only: bool = False,
@@ -415,6 +429,10 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
         raise FileNotFoundError(f"{out} holds no experiment (no experiment.json); report_only needs a folder that "
                                 "`experiment` has run in.")
     included, included_counts = read_included_results(cfg, include or [])
+    own = (out / "results.json").resolve()
+    # the folder's own results.json: rows of sub-runs it still holds would be read twice, which checks nothing
+    included = {k: v for k, v in included.items()
+                if not (Path(v["_included_from"]).resolve() == own and v.get("run") and Path(v["run"]).is_dir())}
     data = load_dataset(cfg.data, **cfg.data_options)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(out / "experiment.json", asdict(cfg))
@@ -434,6 +452,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
             key = (kernel, seed, kind, r)
             if key in included:
                 row = {k: v for k, v in included[key].items() if k != "_included_from"}
+                row["_from"] = included[key]["_included_from"]
                 included_counts[included[key]["_included_from"]] += 1
                 rows.append(row)
                 continue
@@ -449,6 +468,21 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
         rows.append(row)
         if not report_only:
             ckpt.write_json(out / "results.json", rows)
+    # an included row that starts from a parent made here with another result came from another parent
+    here = {(r["kernel"], r["seed"], r["method"]): r["test_accuracy"] for r in rows if "_from" not in r}
+    for row in rows:
+        parent = _builds_on(row["method"])
+        if row.get("_from") and parent:
+            old_parent = included.get((row["kernel"], row["seed"], parent, None))
+            new_parent = here.get((row["kernel"], row["seed"], parent))
+            if old_parent is not None and new_parent is not None and old_parent["test_accuracy"] != new_parent:
+                raise ValueError(
+                    f"{_key_name((row['kernel'], row['seed'], parent, None))} was made again with another test "
+                    f"accuracy ({new_parent} here, {old_parent['test_accuracy']} in {old_parent['_included_from']}), "
+                    f"so the included {_key_name(_row_key(row))} came from another parent; make it again here or "
+                    "leave it out.")
+    for row in rows:
+        row.pop("_from", None)
     bar.close()
     if report_only:
         if not rows:
@@ -898,11 +932,21 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
     major = majority_rate(data)
     main_epochs = cfg.main_epochs or cfg.epochs
     patience = cfg.train.get("patience", 0)
-    used = sorted({tuple(red) for r in rows if not r["retrained"]
-                   for red in (r["reductions"] if "reductions" in r
-                               else _reductions(ckpt.read_json(Path(r["run"]) / "summary.json"))
-                               if (Path(r["run"]) / "summary.json").is_file() else [])}, key=str)
-    used_txt = "; ".join(f"{m}: horizon {'infinite' if h is None else h}, refit {f}" for m, h, f in used) or "none"
+    used, unknown = set(), 0
+    for r in rows:
+        if r["retrained"]:
+            continue
+        summ = Path(r.get("run") or "") / "summary.json"
+        if "reductions" in r:
+            used.update(tuple(red) for red in r["reductions"])
+        elif r.get("run") and summ.is_file():
+            used.update(tuple(red) for red in _reductions(ckpt.read_json(summ)))
+        else:             # an included row made before rows recorded their reductions, its folder gone
+            unknown += 1
+    used_txt = "; ".join(f"{m}: horizon {'infinite' if h is None else h}, refit {f}"
+                         for m, h, f in sorted(used, key=str)) or "none"
+    if unknown:
+        used_txt += f" (not recorded for {unknown} included row{'s' if unknown != 1 else ''})"
     lines = [f"# Compression of `{cfg.data}`: balanced truncation against equal-size controls", "",
              f"- N = {cfg.state_dim} pre-trained from Skew-HiPPO (cap {cfg.epochs} epochs); ranks {cfg.ranks}; "
              f"main training and baselines cap {main_epochs} epochs; `legs-budget` cap {cfg.epochs + main_epochs}; "
@@ -1011,8 +1055,8 @@ def _included_lines(included: dict | None, rechecked: list[dict] | None) -> list
     if rechecked:
         same = sum(c["same"] for c in rechecked)
         differ = [c for c in rechecked if not c["same"]]
-        lines.append(f"- {len(rechecked)} sub-run{'s' if len(rechecked) != 1 else ''} made again in this folder and "
-                     f"also in those results: {same} with the same test accuracy"
+        lines.append(f"- {len(rechecked)} sub-run{'s' if len(rechecked) != 1 else ''} both in this folder and in "
+                     f"those results (made again here): {same} with the same test accuracy"
                      + (", differing: " + ", ".join(f"`{c['sub_run']}` ({100 * c['here']:.2f} % here, "
                                                     f"{100 * c['included']:.2f} % there)" for c in differ)
                         if differ else "") + "; the report uses the ones made here.")
