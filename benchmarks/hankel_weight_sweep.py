@@ -12,8 +12,8 @@ for the report.
         --seeds 0,1 --ranks 8 --out runs/hankel_sweep_mnist1d
 
 Models: the same shape as ``experiment`` (``--d-model``, ``--layers``, ``--state-dim``, kernel s4d);
-sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` (``..._rel`` with ``--relative``, ``..._sel{r}`` with
-``--select-rank r``) and are reused when finished with the same settings (a folder trained otherwise, e.g.
+sub-runs go to ``OUT/w{weight}_o{order}/seed{s}`` (``..._rel`` with ``--relative``, ``..._fin`` with
+``--hankel-horizon finite``, ``..._sel{r}`` with ``--select-rank r``) and are reused when finished with the same settings (a folder trained otherwise, e.g.
 with another ``--sample``, is refused in one sentence).
 """
 from __future__ import annotations
@@ -51,11 +51,13 @@ def pretrain(args, data, weight, order, seed) -> Path:
     penalised = weight > 0          # weight 0: the unregularised original, shared by every setting
     relative = args.relative and penalised
     select = args.select_rank if penalised else None
+    horizon = args.hankel_horizon if penalised else "auto"
     folder = (Path(args.out) / (f"w{weight:g}_o{order if order is not None else 'all'}{'_rel' if relative else ''}"
-                                f"{f'_sel{select}' if select else ''}") / f"seed{seed}")
+                                f"{'_fin' if horizon == 'finite' else ''}{f'_sel{select}' if select else ''}")
+              / f"seed{seed}")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, seed=seed, hankel_reg=weight,
                       hankel_order=order if penalised else None, hankel_sample=args.sample if penalised else 1.0,
-                      hankel_relative=relative, select_rank=select)
+                      hankel_relative=relative, hankel_horizon=horizon, select_rank=select)
     torch.manual_seed(seed)
     model = SequenceModel(**data.model_shape(), d_model=args.d_model, layers=args.layers, state_dim=args.state_dim,
                           kernel=args.kernel, init="legs")
@@ -79,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=float, default=1.0, help="train --hankel-sample of the penalty")
     p.add_argument("--relative", action="store_true",
                    help="train --hankel-relative: the tail as a share of all Hankel singular values (needs orders)")
+    p.add_argument("--hankel-horizon", choices=("auto", "finite"), default="auto",
+                   help="train --hankel-horizon of the penalised models: infinite-horizon Gramians for stable layers "
+                        "(auto) or over the sequence length (finite), the Gramians `compress` reduces with")
     p.add_argument("--select-rank", type=int, default=None, metavar="r",
                    help="train the penalised models with --select-rank r: the best epoch and the early stop by the "
                         "validation accuracy of the model reduced to order r (bt, no retraining)")
@@ -108,10 +113,12 @@ def main(argv=None) -> int:
         summary = ckpt.read_json(run / "summary.json")
         trained = ckpt.read_run_config(run)["train"]                                    # as the run was trained
         relative, select = trained.get("hankel_relative", False), trained.get("select_rank")
+        horizon = trained.get("hankel_horizon", "auto")
         for r, method in itertools.product(args.ranks, args.methods.split(",")):
             small, _ = compress_model(model, method=method, rank=r)
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
             rows.append({"seed": seed, "weight": weight, "order": order, "relative": relative, "select_rank": select,
+                         "hankel_horizon": horizon,
                          "rank": r, "method": method,
                          "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early", False),
                          "val": acc["val"], "test": acc["test"],
@@ -140,14 +147,15 @@ def report(rows, args) -> str:
              "test compressed − unregularised original (points, paired t p) |",
              "|---:|---|---:|---|---|---|---|---|---|---|---|"]
     base = {r["seed"]: r["test"] for r in rows if r["weight"] == 0}
-    keyf = lambda r: (r["weight"], str(r["order"]), bool(r.get("relative")), r.get("select_rank") or 0, -r["rank"],
-                      r["method"])
+    keyf = lambda r: (r["weight"], str(r["order"]), bool(r.get("relative")), r.get("hankel_horizon", "auto"),
+                      r.get("select_rank") or 0, -r["rank"], r["method"])
     for key, grp in itertools.groupby(sorted(rows, key=keyf), key=keyf):
         grp = list(grp)
         comp = [g["test_compressed"] for g in grp]
         early = sum(bool(g.get("stopped_early")) for g in grp)
         order = "-" if grp[0]["weight"] == 0 else ("all" if grp[0]["order"] is None else grp[0]["order"])
         order = f"{order} (share)" if grp[0].get("relative") else order
+        order = f"{order}, finite horizon" if grp[0].get("hankel_horizon") == "finite" else order
         order = f"{order}, chosen at r = {grp[0]['select_rank']}" if grp[0].get("select_rank") else order
         lines.append(f"| {grp[0]['weight']:g} | {order} | {grp[0]['rank']} | {grp[0]['method']} | {early}/{len(grp)} | "
                      f"{f([g['val'] for g in grp])} | {f([g['test'] for g in grp])} | "

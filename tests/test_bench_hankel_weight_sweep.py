@@ -58,3 +58,20 @@ def test_sweep_rows_table_select_rank_and_reuse(tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "w0_oall/seed0 holds a run with other settings (model.d_model)" in last
     # (TINY gives --d-model 4 first; the later --d-model 6 wins)
+
+
+def test_sweep_finite_horizon_penalty_has_its_own_folder_and_rows(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = [*TINY, "--seeds", "0", "--weights", "0.1", "--orders", "2", "--out", str(out)]
+    assert hs.main([*args, "--hankel-horizon", "finite"]) == 0
+    text = capsys.readouterr().out
+    cfg = json.loads((out / "w0.1_o2_fin" / "seed0" / "config.json").read_text())["train"]
+    assert cfg["hankel_horizon"] == "finite"
+    assert json.loads((out / "w0_oall" / "seed0" / "config.json").read_text())["train"]["hankel_horizon"] == "auto"
+    rows = json.loads((out / "hankel_sweep.json").read_text())
+    assert {(r["weight"], r["hankel_horizon"]) for r in rows} == {(0.0, "auto"), (0.1, "finite")}
+    assert any(ln.startswith("| 0.1 | 2, finite horizon | 2 | bt |") for ln in text.splitlines())
+    # the infinite-horizon penalty is another folder, not the finite one reused
+    assert hs.main(args) == 0
+    assert (out / "w0.1_o2" / "seed0" / "summary.json").is_file()
+    capsys.readouterr()

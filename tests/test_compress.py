@@ -218,6 +218,8 @@ def test_experiment_relative_hankel_penalty_needs_an_order(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="hankel_select_rank chooses the epoch with the default reduction"):
         exp_mod.ExperimentConfig(state_dim=8, ranks=[4], hankel_select_rank=4, horizon="infinite")
+    with pytest.raises(ValueError, match="hankel_horizon must be 'auto' or 'finite', got 'long'"):
+        exp_mod.ExperimentConfig(hankel_horizon="long")
 
 
 def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):
@@ -253,7 +255,7 @@ def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     out = tmp_path / "exp"
     rows = _small_experiment(out, capsys, "legs,bsp,h2,modal-hinf,hankel-bt,in-training", 8, 3, 1,
                              extra=("--hankel-order", "4", "--hankel-sample", "0.5", "--hankel-relative",
-                                    "--hankel-select-rank", "4"))
+                                    "--hankel-horizon", "finite", "--hankel-select-rank", "4"))
     got = {r["method"] for r in rows}
     assert got == {"original", "original-hankel", "legs", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf",
                    "modal-hinf-noretrain", "hankel-bt", "hankel-bt-noretrain", "in-training"}
@@ -262,11 +264,12 @@ def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     hankel_cfg = json.loads((out / "s4d" / "seed0" / "original-hankel" / "config.json").read_text())
     assert hankel_cfg["train"]["hankel_reg"] == 0.1 and hankel_cfg["train"]["hankel_order"] == 4
     assert hankel_cfg["train"]["hankel_sample"] == 0.5 and hankel_cfg["train"]["hankel_relative"] is True
-    assert hankel_cfg["train"]["select_rank"] == 4
+    assert hankel_cfg["train"]["select_rank"] == 4 and hankel_cfg["train"]["hankel_horizon"] == "finite"
     assert json.loads((out / "s4d" / "seed0" / "original-hankel" / "summary.json").read_text())["selected_by"] \
         == "validation accuracy after bt to order 4"
-    assert ("beyond order 4 as a share of all of them, channel sample 0.5, best epoch chosen by validation accuracy "
-            "after BT to order 4") in (out / "report.md").read_text()
+    assert ("beyond order 4 as a share of all of them, finite-horizon (sequence length) Gramians, channel sample "
+            "0.5, best epoch chosen by validation accuracy after BT to order 4") in (out / "report.md").read_text()
+    assert json.loads((out / "experiment.json").read_text())["hankel_horizon"] == "finite"
     assert json.loads((out / "s4d" / "seed0" / "original" / "config.json").read_text())["train"]["select_rank"] is None
     intr = json.loads((out / "s4d" / "seed0" / "r4" / "in-training" / "summary.json").read_text())
     assert intr["state_dims"] == [4] and [r["epoch"] for r in intr["reductions"]] == [1, 2, 3]

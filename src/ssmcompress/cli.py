@@ -162,7 +162,8 @@ def cmd_train(args) -> int:
                            weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
                            seed=args.seed, device=args.device, patience=args.patience,
                            hankel_reg=args.hankel_reg, hankel_order=args.hankel_order,
-                           hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method,
+                           hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative,
+                           hankel_horizon=args.hankel_horizon, reduce_to=args.reduce_to, reduce_at=args.reduce_at or [], reduce_method=args.reduce_method,
                            anneal=args.anneal_on_stop, min_epochs=args.min_epochs, select_rank=args.select_rank)
         torch.manual_seed(args.seed)
         if args.init_from:
@@ -212,6 +213,12 @@ def _check_hankel_args(args, model) -> None:
         raise UserError("--hankel-sample needs --hankel-reg WEIGHT > 0 (the penalty it samples).")
     if args.hankel_order is not None and args.hankel_reg == 0:
         raise UserError("--hankel-order needs --hankel-reg WEIGHT > 0 (the weight of the penalty it selects).")
+    if args.hankel_horizon != "auto" and args.hankel_reg == 0:
+        raise UserError(f"--hankel-horizon {args.hankel_horizon} needs --hankel-reg WEIGHT > 0 (the penalty whose "
+                        "Gramians it chooses).")
+    if args.hankel_horizon == "finite" and any(layer.l_max is None for layer in model.ssm_layers()):
+        raise UserError("--hankel-horizon finite needs the model's sequence length, but the model has none (a "
+                        "data set of varying lengths); use --hankel-horizon auto.")
     if args.hankel_order is not None and args.hankel_order >= max(model.state_dims):
         raise UserError(f"--hankel-order {args.hankel_order} is not below the state dimension {max(model.state_dims)}, "
                         "so there is nothing beyond it to penalise; choose a smaller order.")
@@ -367,6 +374,7 @@ def _experiment_config(args):
         seeds=args.seeds, epochs=args.epochs, main_epochs=args.main_epochs, kernels=args.kernel,
         methods=args.methods, horizon=_horizon(args.horizon), refit=args.refit, hankel_reg=args.hankel_reg,
         hankel_order=args.hankel_order, hankel_sample=args.hankel_sample, hankel_relative=args.hankel_relative,
+        hankel_horizon=args.hankel_horizon,
         hankel_select_rank=args.hankel_select_rank, model=dict(d_model=args.d_model, layers=args.layers, dropout=args.dropout,
                    prenorm=args.prenorm, norm=args.norm, pool=args.pool),
         train=dict(batch_size=args.batch_size, lr=args.lr, ssm_lr=args.ssm_lr, weight_decay=args.weight_decay,
@@ -535,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "of them (does not change when the kernel is scaled, so the penalty cannot be met by "
                         "shrinking the kernel; default: their sum, which compressed far better on mnist1d, see "
                         "README)")
+    h.add_argument("--hankel-horizon", choices=("auto", "finite"), default="auto",
+                   help="Gramians of the penalty: auto = infinite horizon for stable layers (the values behind "
+                        "BT's error bound), finite = over the model's sequence length, the Gramians `compress` "
+                        "reduces with by default (default auto)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a run folder on a split",
@@ -619,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--hankel-relative", action="store_true",
                    help="hankel-bt's penalty: the values beyond --hankel-order as a share of all of them, per "
                         "channel (needs --hankel-order)")
+    x.add_argument("--hankel-horizon", choices=("auto", "finite"), default="auto",
+                   help="hankel-bt's penalty: Gramians over an infinite horizon for stable layers (auto) or over "
+                        "the sequence length (finite; train --hankel-horizon; default auto)")
     x.add_argument("--hankel-select-rank", type=_even_state_dim, default=None, metavar="r",
                    help="hankel-bt's pre-training chooses its best epoch (and stops early) by the validation "
                         "accuracy of the model after BT to order r, without retraining (train --select-rank; "

@@ -109,6 +109,7 @@ class ExperimentConfig:
     hankel_order: int | None = None  # penalise the HSVs beyond this real order (None: all of them, the nuclear norm)
     hankel_sample: float = 1.0      # fraction of channels the penalty draws per step (train --hankel-sample)
     hankel_relative: bool = False   # penalise each channel's tail as a share of its Hankel energy (needs hankel_order)
+    hankel_horizon: str = "auto"    # the penalty's Gramians: "auto" (infinite, stable layers) or "finite" (l_max)
     hankel_select_rank: int | None = None  # choose original-hankel's best epoch by its validation accuracy after BT
                                            # to this order, without retraining (train --select-rank)
     horizon: object = "auto"        # Gramians of the reductions (see compress.resolve_horizon)
@@ -141,6 +142,8 @@ class ExperimentConfig:
         if not isinstance(self.hankel_relative, bool) or (self.hankel_relative and self.hankel_order is None):
             raise ValueError(f"hankel_relative must be True or False, and True only with a hankel_order, got "
                              f"{self.hankel_relative!r} with hankel_order {self.hankel_order!r}.")
+        if self.hankel_horizon not in ("auto", "finite"):
+            raise ValueError(f"hankel_horizon must be 'auto' or 'finite', got {self.hankel_horizon!r}.")
         r = self.hankel_select_rank
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 2 or r % 2 or r >= self.state_dim):
             raise ValueError(f"hankel_select_rank must be None or an even integer in [2, {self.state_dim - 2}] (below "
@@ -176,7 +179,8 @@ class _Unfinished(Exception):
 SELECTION = ("seeds", "ranks", "kernels", "methods")
 #: ExperimentConfig fields read only by hankel-bt's Hankel-regularised pre-training (``original-hankel``): they
 #: may change on a folder in which no such sub-run was started (the folder's experiment.json then records the new ones)
-HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "hankel_relative", "hankel_select_rank"})
+HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "hankel_relative", "hankel_horizon",
+                             "hankel_select_rank"})
 
 
 def check_same_settings(cfg: ExperimentConfig, out) -> None:
@@ -516,6 +520,7 @@ def _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, 
                    TrainConfig(**{**cfg.train, "epochs": cfg.epochs, "seed": seed,
                                   "hankel_reg": cfg.hankel_reg, "hankel_order": cfg.hankel_order,
                                   "hankel_sample": cfg.hankel_sample, "hankel_relative": cfg.hankel_relative,
+                                  "hankel_horizon": cfg.hankel_horizon,
                                   "select_rank": cfg.hankel_select_rank}))
         return _row("original-hankel", kernel, cfg.state_dim, seed, True, summ, folder)
     if kind == "in-training":
@@ -956,6 +961,7 @@ def write_report(cfg: ExperimentConfig, out: Path, rows: list[dict], data=None, 
              + (f"; Hankel penalty of `hankel-bt`: weight {cfg.hankel_reg}, "
                 f"{'all values (nuclear norm)' if cfg.hankel_order is None else f'beyond order {cfg.hankel_order}'}"
                 f"{' as a share of all of them' if cfg.hankel_relative else ''}, "
+                f"{'finite-horizon (sequence length) Gramians, ' if cfg.hankel_horizon == 'finite' else ''}"
                 f"channel sample {cfg.hankel_sample}"
                 + (f", best epoch chosen by validation accuracy after BT to order {cfg.hankel_select_rank}"
                    if cfg.hankel_select_rank else "") if any(m.startswith("hankel-") for m in cfg.methods) else "")

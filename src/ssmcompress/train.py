@@ -45,6 +45,7 @@ class TrainConfig:
     hankel_order: int | None = None  # penalise the Hankel singular values beyond this real order (None: all)
     hankel_sample: float = 1.0  # fraction of channels the penalty draws per step (unbiased estimate; 1 = all)
     hankel_relative: bool = False  # penalise each channel's tail as a share of all its Hankel singular values
+    hankel_horizon: str = "auto"  # the penalty's Gramians: "auto" (infinite for stable layers) or "finite" (l_max)
     min_epochs: int = 0        # patience does not stop a run before this many epochs (0 = no floor); the
                                # schedule of in-training reduction has this floor at its last reduction
     anneal: int = 0            # on an early stop: this many more epochs from the best checkpoint, the learning
@@ -75,6 +76,7 @@ class TrainConfig:
                                                            and self.hankel_order >= 0), "None or a non-negative integer"),
             ("hankel_sample", isinstance(self.hankel_sample, (int, float)) and not isinstance(self.hankel_sample, bool)
              and 0 < self.hankel_sample <= 1, "a fraction of the channels in (0, 1]"),
+            ("hankel_horizon", self.hankel_horizon in ("auto", "finite"), "'auto' or 'finite'"),
             ("hankel_relative", isinstance(self.hankel_relative, bool)
              and not (self.hankel_relative and self.hankel_order is None), "True or False, and True only with hankel_order"),
         ]
@@ -377,8 +379,8 @@ def train(model, data, cfg: TrainConfig, out: str | Path, run_config: dict | Non
             if cfg.hankel_reg > 0:  # the same penalty (and channel draw) on every rank: DDP's average keeps it
                 draw = None if cfg.hankel_sample >= 1 else torch.Generator().manual_seed(
                     cfg.seed * 1000003 + state["step"])            # reproducible, also after --resume
-                penalty = hankel_penalty(model, cfg.hankel_order, sample=cfg.hankel_sample, generator=draw,
-                                         relative=cfg.hankel_relative)
+                penalty = hankel_penalty(model, cfg.hankel_order, horizon=cfg.hankel_horizon,
+                                         sample=cfg.hankel_sample, generator=draw, relative=cfg.hankel_relative)
                 loss = loss + cfg.hankel_reg * penalty.to(loss.dtype)
                 run_penalty += float(penalty.detach())
             loss.backward()

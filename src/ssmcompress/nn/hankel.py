@@ -231,9 +231,10 @@ def layer_hankel_singular_values(layer, horizon="auto"):
     Parameters
     ----------
     layer : SSMLayer
-    horizon : "auto", None or int
-        ``"auto"``: :func:`gramian_horizon`; ``None``: infinite horizon (needs ``|lam_d| < 1``);
-        int L: finite-horizon Gramians of the length-L kernel.
+    horizon : "auto", "finite", None or int
+        ``"auto"``: :func:`gramian_horizon`; ``"finite"``: finite-horizon Gramians over the layer's own
+        ``l_max`` (what ``compress`` reduces over by default); ``None``: infinite horizon (needs
+        ``|lam_d| < 1``); int L: finite-horizon Gramians of the length-L kernel.
 
     Returns
     -------
@@ -248,6 +249,11 @@ def layer_hankel_singular_values(layer, horizon="auto"):
 def _resolve_horizon(layer, horizon):
     if isinstance(horizon, str) and horizon == "auto":
         return gramian_horizon(layer)
+    if isinstance(horizon, str) and horizon == "finite":
+        if layer.l_max is None:
+            raise ValueError("horizon='finite' needs the layer's kernel length l_max, but the layer has none; "
+                             "build the model with l_max or pass horizon=L.")
+        return int(layer.l_max)
     if horizon is None:
         with torch.no_grad():
             if not bool((layer.system().lam_d.abs() < 1).all()):
@@ -255,7 +261,7 @@ def _resolve_horizon(layer, horizon):
                                  "pass horizon=L or 'auto'.")
         return None
     if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
-        raise ValueError(f"horizon must be 'auto', None or a positive integer kernel length, got {horizon!r}.")
+        raise ValueError(f"horizon must be 'auto', 'finite', None or a positive integer kernel length, got {horizon!r}.")
     return int(horizon)
 
 
@@ -269,7 +275,7 @@ def hankel_penalty(model, order=None, horizon="auto", sample=1.0, generator=None
         Real order r: per channel, the sum of the Hankel singular values ``sigma_{r+1}, ...``
         (the tail; 0 for layers of real order <= r).  ``None``: the sum of all of them
         (Hankel nuclear norm).
-    horizon : "auto", None or int
+    horizon : "auto", "finite", None or int
         As in :func:`layer_hankel_singular_values`, for every layer.
     sample : float in (0, 1]
         Fraction of the channels whose Hankel singular values are computed (at least one per group of
