@@ -43,15 +43,22 @@ def _ints(text):
     return [int(v) for v in text.split(",")]
 
 
+def _horizons(text):
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names or any(n not in ("auto", "finite") for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of auto and finite")
+    return list(dict.fromkeys(names))
+
+
 def _orders(text):
     return [None if v in ("none", "all") else int(v) for v in text.split(",")]
 
 
-def pretrain(args, data, weight, order, seed) -> Path:
+def pretrain(args, data, weight, order, seed, horizon="auto") -> Path:
     penalised = weight > 0          # weight 0: the unregularised original, shared by every setting
     relative = args.relative and penalised
     select = args.select_rank if penalised else None
-    horizon = args.hankel_horizon if penalised else "auto"
+    horizon = horizon if penalised else "auto"
     folder = (Path(args.out) / (f"w{weight:g}_o{order if order is not None else 'all'}{'_rel' if relative else ''}"
                                 f"{'_fin' if horizon == 'finite' else ''}{f'_sel{select}' if select else ''}")
               / f"seed{seed}")
@@ -81,9 +88,10 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=float, default=1.0, help="train --hankel-sample of the penalty")
     p.add_argument("--relative", action="store_true",
                    help="train --hankel-relative: the tail as a share of all Hankel singular values (needs orders)")
-    p.add_argument("--hankel-horizon", choices=("auto", "finite"), default="auto",
-                   help="train --hankel-horizon of the penalised models: infinite-horizon Gramians for stable layers "
-                        "(auto) or over the sequence length (finite), the Gramians `compress` reduces with")
+    p.add_argument("--hankel-horizon", type=_horizons, default=["auto"], metavar="auto|finite[,...]",
+                   help="train --hankel-horizon of the penalised models, a comma list: infinite-horizon Gramians for "
+                        "stable layers (auto) or over the sequence length (finite), the Gramians `compress` reduces "
+                        "with (default auto)")
     p.add_argument("--select-rank", type=int, default=None, metavar="r",
                    help="train the penalised models with --select-rank r: the best epoch and the early stop by the "
                         "validation accuracy of the model reduced to order r (bt, no retraining)")
@@ -100,11 +108,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     data = load_dataset(args.data)
     splits = {s: data.split(s) for s in ("val", "test")}
-    settings = [(0.0, None)] + [(w, o) for w, o in itertools.product(args.weights, args.orders) if w > 0]
+    settings = [(0.0, None, "auto")] + [(w, o, h) for w, o, h in itertools.product(args.weights, args.orders,
+                                                                                    args.hankel_horizon) if w > 0]
     rows = []
-    for seed, (weight, order) in itertools.product(args.seeds, settings):
+    for seed, (weight, order, horizon) in itertools.product(args.seeds, settings):
         try:
-            run = pretrain(args, data, weight, order, seed)
+            run = pretrain(args, data, weight, order, seed, horizon)
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2

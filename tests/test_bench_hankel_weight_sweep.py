@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from ssmcompress import checkpoint as ckpt
 from ssmcompress.compress import compress_model
 from ssmcompress.data import load_dataset
@@ -71,7 +73,15 @@ def test_sweep_finite_horizon_penalty_has_its_own_folder_and_rows(tmp_path, caps
     rows = json.loads((out / "hankel_sweep.json").read_text())
     assert {(r["weight"], r["hankel_horizon"]) for r in rows} == {(0.0, "auto"), (0.1, "finite")}
     assert any(ln.startswith("| 0.1 | 2, finite horizon | 2 | bt |") for ln in text.splitlines())
-    # the infinite-horizon penalty is another folder, not the finite one reused
-    assert hs.main(args) == 0
+    # the infinite-horizon penalty is another folder, not the finite one reused; both in one table
+    before = (out / "w0.1_o2_fin" / "seed0" / "summary.json").read_text()
+    assert hs.main([*args, "--hankel-horizon", "finite,auto"]) == 0
     assert (out / "w0.1_o2" / "seed0" / "summary.json").is_file()
-    capsys.readouterr()
+    assert (out / "w0.1_o2_fin" / "seed0" / "summary.json").read_text() == before
+    rows = json.loads((out / "hankel_sweep.json").read_text())
+    assert sorted((r["weight"], r["hankel_horizon"]) for r in rows) == [(0.0, "auto"), (0.1, "auto"), (0.1, "finite")]
+    text = capsys.readouterr().out
+    assert any(ln.startswith("| 0.1 | 2 | 2 | bt |") for ln in text.splitlines())
+    with pytest.raises(SystemExit):
+        hs.main([*args, "--hankel-horizon", "long"])
+    assert "is not a comma list of auto and finite" in capsys.readouterr().err
