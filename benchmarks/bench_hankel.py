@@ -9,7 +9,8 @@ time of the penalty alone (forward + backward).
 Defaults: d_model 64, 4 layers, N in {64, 16}, length 784 (sequential MNIST), batch 32, kernel s4d,
 penalty beyond r = N/8.  A third variant times the penalty on a random ``--sample`` fraction of the channels
 (``train --hankel-sample``).  Short sequences (``--length 40``, MNIST-1D) are where the penalty costs most:
-its cost does not depend on the length or the batch.  ``--kernels dss-softmax`` times the finite-horizon path.
+its cost does not depend on the length or the batch.  ``--kernels dss-softmax`` times the finite-horizon path,
+and so does ``--horizon finite`` for any kernel (``train --hankel-horizon finite``: Gramians over the length).
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ from ssmcompress.nn import KERNELS  # noqa: E402
 from ssmcompress.nn.hankel import hankel_penalty  # noqa: E402
 
 
-def step(model, opt, x, y, weight, order, sample=1.0):
+def step(model, opt, x, y, weight, order, sample=1.0, horizon="auto"):
     opt.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(model(x), y)
     if weight:
-        loss = loss + weight * hankel_penalty(model, order, sample=sample).to(loss.dtype)
+        loss = loss + weight * hankel_penalty(model, order, horizon=horizon, sample=sample).to(loss.dtype)
     loss.backward()
     opt.step()
 
@@ -52,9 +53,9 @@ def measure(args, kernel, state_dim, device):
     model.train()
     order = max(2, state_dim // 8)
     plain = lambda: step(model, opt, x, y, 0.0, order)  # noqa: E731
-    reg = lambda: step(model, opt, x, y, args.weight, order)  # noqa: E731
-    sampled = lambda: step(model, opt, x, y, args.weight, order, args.sample)  # noqa: E731
-    penalty_only = lambda: hankel_penalty(model, order).backward()  # noqa: E731
+    reg = lambda: step(model, opt, x, y, args.weight, order, horizon=args.horizon)  # noqa: E731
+    sampled = lambda: step(model, opt, x, y, args.weight, order, args.sample, args.horizon)  # noqa: E731
+    penalty_only = lambda: hankel_penalty(model, order, horizon=args.horizon).backward()  # noqa: E731
     for _ in range(args.warmup):
         plain(), reg(), sampled()
     t_plain, t_reg, t_sampled, t_pen = [], [], [], []
@@ -68,7 +69,7 @@ def measure(args, kernel, state_dim, device):
     best = min  # the least disturbed round
     return dict(
         benchmark="hankel_penalty", kernel=kernel, device=str(device), d_model=args.d_model, layers=args.layers,
-        state_dim=state_dim, order=order, length=args.length, batch=args.batch, threads=args.threads,
+        state_dim=state_dim, order=order, horizon=args.horizon, length=args.length, batch=args.batch, threads=args.threads,
         train_tokens_per_s=round(tokens / best(t_plain), 1),
         train_tokens_per_s_with_penalty=round(tokens / best(t_reg), 1),
         ratio_with_over_without=round(best(t_plain) / best(t_reg), 3),
@@ -88,6 +89,8 @@ def main(argv=None):
     p.add_argument("--weight", type=float, default=1e-3)
     p.add_argument("--sample", type=float, default=0.25,
                    help="fraction of channels of the sampled penalty (train --hankel-sample), timed as a third variant")
+    p.add_argument("--horizon", choices=("auto", "finite"), default="auto",
+                   help="Gramians of the penalty (train --hankel-horizon; default auto)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest counts")
     p.add_argument("--warmup", type=int, default=1)
