@@ -220,6 +220,8 @@ def test_experiment_relative_hankel_penalty_needs_an_order(tmp_path, capsys):
         exp_mod.ExperimentConfig(state_dim=8, ranks=[4], hankel_select_rank=4, horizon="infinite")
     with pytest.raises(ValueError, match="hankel_horizon must be 'auto' or 'finite', got 'long'"):
         exp_mod.ExperimentConfig(hankel_horizon="long")
+    with pytest.raises(ValueError, match="but the reductions use the horizon None; drop one"):
+        exp_mod.ExperimentConfig(hankel_horizon="finite", horizon=None)
 
 
 def test_experiment_rejects_unknown_methods_and_kernels(tmp_path, capsys):

@@ -175,21 +175,25 @@ def test_run_experiment_refuses_a_folder_made_with_other_settings(tmp_path):
     # the Hankel penalty's settings may change while no Hankel-regularised pre-training was started ...
     hankel = ExperimentConfig(**{**asdict(made), "hankel_order": 2, "hankel_reg": 0.3})
     check_same_settings(hankel, tmp_path)
+    check_same_settings(ExperimentConfig(**{**asdict(made), "hankel_horizon": "finite"}), tmp_path)
     with pytest.raises(StaleRunError, match=r"other settings \(epochs, hankel_order, hankel_reg\)"):
         check_same_settings(ExperimentConfig(**{**asdict(hankel), "epochs": 4}), tmp_path)   # not with others
     (tmp_path / "s4d" / "seed0" / "original-hankel").mkdir(parents=True)    # ... and not once one was
     for change, name in (({"epochs": 4}, "epochs"), ({"hankel_order": 2}, "hankel_order"),
+                         ({"hankel_horizon": "finite"}, "hankel_horizon"),
                          ({"horizon": "infinite"}, "horizon"), ({"model": {"d_model": 16}}, "model")):
         asked = ExperimentConfig(**{**asdict(made), **change})
         with pytest.raises(StaleRunError, match=rf"other settings \({name}\); rerun with the same flags"):
             run_experiment(asked, tmp_path, progress=False)
     # an experiment.json written before a field existed counts that field as its default
     old = asdict(made)
-    del old["hankel_sample"]
+    del old["hankel_sample"], old["hankel_horizon"]
     ckpt.write_json(tmp_path / "experiment.json", old)
     check_same_settings(made, tmp_path)
     with pytest.raises(StaleRunError, match="hankel_sample"):
         check_same_settings(ExperimentConfig(**{**asdict(made), "hankel_sample": 0.5}), tmp_path)
+    with pytest.raises(StaleRunError, match="hankel_horizon"):
+        check_same_settings(ExperimentConfig(**{**asdict(made), "hankel_horizon": "finite"}), tmp_path)
 
 
 _SUB_RUN = """

@@ -144,6 +144,9 @@ class ExperimentConfig:
                              f"{self.hankel_relative!r} with hankel_order {self.hankel_order!r}.")
         if self.hankel_horizon not in ("auto", "finite"):
             raise ValueError(f"hankel_horizon must be 'auto' or 'finite', got {self.hankel_horizon!r}.")
+        if self.hankel_horizon == "finite" and self.horizon not in ("auto", "finite"):
+            raise ValueError(f"hankel_horizon 'finite' penalises the values of the sequence-length Gramians, but the "
+                             f"reductions use the horizon {self.horizon!r}; drop one.")
         r = self.hankel_select_rank
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 2 or r % 2 or r >= self.state_dim):
             raise ValueError(f"hankel_select_rank must be None or an even integer in [2, {self.state_dim - 2}] (below "
