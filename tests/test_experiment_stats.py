@@ -394,3 +394,22 @@ def test_still_rising_reads_the_score_a_run_was_chosen_by():
     assert still_rising(hist, stopped_early=False) is False
     assert still_rising([{"val_accuracy": h["val_accuracy"]} for h in hist], stopped_early=False) is True
     assert still_rising([], stopped_early=False) is None
+
+
+def test_check_run_settings_counts_an_unrecorded_setting_as_its_default(tmp_path):
+    """A run folder made before a TrainConfig field existed was trained at that field's default."""
+    from dataclasses import asdict
+
+    from ssmcompress import checkpoint as ckpt
+    from ssmcompress.experiment import check_run_settings
+    from ssmcompress.train import TrainConfig
+
+    made = TrainConfig(epochs=3, hankel_reg=0.3, hankel_order=2)
+    train_cfg = asdict(made)
+    del train_cfg["hankel_horizon"]                     # written before the field existed
+    ckpt.write_json(tmp_path / ckpt.CONFIG, {"train": train_cfg, "model": {"d_model": 4}, "init_from": None})
+    check_run_settings(tmp_path, made, {"d_model": 4})
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(hankel_horizon\)"):
+        check_run_settings(tmp_path, TrainConfig(epochs=3, hankel_reg=0.3, hankel_order=2, hankel_horizon="finite"))
+    with pytest.raises(ValueError, match=r"other settings \(model.d_model\)"):
+        check_run_settings(tmp_path, made, {"d_model": 8})

@@ -268,7 +268,9 @@ def check_run_settings(run_dir: Path, tcfg: TrainConfig, model_cfg: dict | None 
         return
     old = ckpt.read_json(run_dir / ckpt.CONFIG)
     want, had = asdict(tcfg), old.get("train", {})
-    diff = sorted(k for k in set(want) | set(had) if had.get(k, want.get(k)) != want.get(k))
+    # a setting the folder's config does not record was made before it existed: at its default
+    defaults = asdict(TrainConfig())
+    diff = sorted(k for k in set(want) | set(had) if had.get(k, defaults.get(k, want.get(k))) != want.get(k))
     diff += sorted(f"model.{k}" for k in (model_cfg or {}) if old.get("model", {}).get(k) != model_cfg[k])
     start = lambda p: None if p is None else Path(p).resolve()
     if start(old.get("init_from")) != start(init_from):
