@@ -186,6 +186,14 @@ HANKEL_SETTINGS = frozenset({"hankel_reg", "hankel_order", "hankel_sample", "han
                              "hankel_select_rank"})
 
 
+def changed_settings(cfg: ExperimentConfig, recorded: dict) -> list[str]:
+    """The settings of ``cfg``, other than the selection of seeds, ranks, kernels and methods, that differ from an
+    experiment.json's ``recorded`` ones (a field it does not record, being older, counts as its default)."""
+    now = json.loads(json.dumps(asdict(cfg)))
+    before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **recorded}
+    return sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+
+
 def check_same_settings(cfg: ExperimentConfig, out) -> None:
     """Raise StaleRunError when ``out/experiment.json`` records settings, other than the selection of seeds, ranks,
     kernels and methods, that differ from ``cfg``: finished sub-runs are skipped on a rerun, so a rerun with, say,
@@ -194,9 +202,7 @@ def check_same_settings(cfg: ExperimentConfig, out) -> None:
     old = Path(out) / "experiment.json"
     if not old.is_file():
         return
-    now = json.loads(json.dumps(asdict(cfg)))
-    before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **ckpt.read_json(old)}   # newer fields: defaults
-    changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+    changed = changed_settings(cfg, ckpt.read_json(old))
     # the Hankel settings alone may change while no Hankel-regularised pre-training (the parent of hankel-bt) exists
     if changed and not (HANKEL_SETTINGS.issuperset(changed)
                         and not any(Path(out).glob(f"*/seed*/{parent_of('hankel-bt')}"))):
@@ -365,7 +371,6 @@ def read_included_results(cfg: ExperimentConfig, paths) -> tuple[dict, dict]:
     (kernel, seed, method, rank), number of rows per file); two files that disagree on one sub-run are an error."""
     rows: dict = {}
     counts: dict = {}
-    now = json.loads(json.dumps(asdict(cfg)))
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -379,8 +384,7 @@ def read_included_results(cfg: ExperimentConfig, paths) -> tuple[dict, dict]:
         if not isinstance(recorded, dict):
             raise ValueError(f"{exp_json} is not an experiment's settings (a JSON object); the settings the rows of "
                              f"{path} were made with cannot be checked.")
-        before = {**json.loads(json.dumps(asdict(ExperimentConfig()))), **recorded}
-        changed = sorted(k for k in set(now) | set(before) if k not in SELECTION and now.get(k) != before.get(k))
+        changed = changed_settings(cfg, recorded)
         if changed:
             raise ValueError(f"included results {path} were made with other settings ({', '.join(changed)}); only "
                              "results of the same experiment settings can share a report.")
@@ -455,10 +459,10 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
     rechecked: list[dict] = []          # sub-runs both in the folder and in the included results
     for kernel, seed, kind, r in bar:
         bar.set_postfix_str(f"{kernel} seed {seed} {kind}" + ("" if r is None else f" r={r}"))
+        key = (kernel, seed, kind, r)
         try:
             row = _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, report_only)
         except _Unfinished as exc:
-            key = (kernel, seed, kind, r)
             if key in included:
                 row = {k: v for k, v in included[key].items() if k != "_included_from"}
                 row["_from"] = included[key]["_included_from"]
@@ -469,7 +473,7 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
             if name not in missing:       # bt and bt-noretrain both wait on one compressed sub-run
                 missing.append(name)
             continue
-        old = included.get((kernel, seed, kind, r))
+        old = included.get(key)
         if old is not None:
             rechecked.append({"sub_run": f"{kernel}/seed{seed}/{kind}" + ("" if r is None else f"/r{r}"),
                               "here": row["test_accuracy"], "included": old["test_accuracy"],
