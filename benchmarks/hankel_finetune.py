@@ -16,7 +16,11 @@ without retraining loses, on purpose; they are not equal-size comparisons of ini
     python benchmarks/hankel_finetune.py runs/smnist_c60 --weight 1 --order 8 --sample 0.25 \\
         --ranks 8,16 --methods bt,h2 --out runs/smnist_hft
 
-Fine-tuning runs go to ``OUT/wWEIGHT/seedS`` (a run made before by ``ssmcompress train --init-from
+``--select-rank r`` keeps the epoch whose model reduced to r scores best on validation (early stopping on the
+full model's score keeps an epoch before the penalty has acted), and ``--hankel-horizon finite`` takes the
+penalty's Gramians over the sequence length, as BT's.
+
+Fine-tuning runs go to ``OUT/wWEIGHT[_eE][_fin][_selR]/seedS`` (a run made before by ``ssmcompress train --init-from
 RUN/KERNEL/seedS/original --hankel-reg ...`` with the same settings is reused; other settings are refused).
 Writes ``hankel_finetune.json`` and ``hankel_finetune.md`` into ``--out``.
 """
@@ -37,23 +41,38 @@ from ssmcompress.train import TrainConfig, evaluate, load_last_weights
 
 
 def finetune_config(exp: dict, seed: int, weight: float, order: int | None, sample: float,
-                    fixed_epochs: int | None = None) -> TrainConfig:
-    """``original-continued``'s TrainConfig for ``seed`` of the experiment settings ``exp``, plus the penalty;
-    with ``fixed_epochs``: that many epochs without early stopping instead (the last epoch's model is used)."""
+                    fixed_epochs: int | None = None, select_rank: int | None = None,
+                    horizon: str = "auto") -> TrainConfig:
+    """``original-continued``'s TrainConfig for ``seed`` of the experiment settings ``exp``, plus the penalty
+    (its Gramians over ``horizon``, as ``train --hankel-horizon``); with ``fixed_epochs``: that many epochs
+    without early stopping instead (the last epoch's model is used); with ``select_rank``: the kept epoch (and
+    the stop) chosen by the validation accuracy of the model reduced by BT to that order, as
+    ``train --select-rank``."""
     if not weight > 0:
         raise ValueError(f"weight={weight!r} is invalid; expected a positive penalty weight (weight 0 is the "
                          "experiment's original-continued, already trained).")
     if fixed_epochs is not None and (isinstance(fixed_epochs, bool) or not isinstance(fixed_epochs, int)
                                      or fixed_epochs < 1):
         raise ValueError(f"fixed_epochs={fixed_epochs!r} is invalid; expected a positive integer or None.")
+    if fixed_epochs is not None and select_rank is not None:
+        raise ValueError(f"fixed_epochs={fixed_epochs} and select_rank={select_rank} were both given; expected at "
+                         "most one rule for the kept epoch (the last one, or the best reduced model's).")
     epochs = fixed_epochs or exp.get("main_epochs") or exp["epochs"]
     return TrainConfig(**{**exp["train"], "epochs": epochs, "seed": seed, "hankel_reg": weight,
-                          "hankel_order": order, "hankel_sample": sample,
-                          **({"patience": 0} if fixed_epochs else {})})
+                          "hankel_order": order, "hankel_sample": sample, "hankel_horizon": horizon,
+                          "select_rank": select_rank, **({"patience": 0} if fixed_epochs else {})})
+
+
+def run_name(weight: float, fixed_epochs: int | None = None, select_rank: int | None = None,
+             horizon: str = "auto") -> str:
+    """The fine-tuning runs' folder under ``--out``: one per setting, so that runs of other settings never meet."""
+    return (f"w{weight:g}" + (f"_e{fixed_epochs}" if fixed_epochs else "")
+            + ("_fin" if horizon == "finite" else "") + (f"_sel{select_rank}" if select_rank else ""))
 
 
 def finetuned_model(run_dir: Path, fixed_epochs: int | None):
-    """The fine-tuned model: the best-by-validation checkpoint, or with ``fixed_epochs`` the last epoch's."""
+    """The fine-tuned model: the best-by-validation checkpoint (by the reduced model's with ``select_rank``), or
+    with ``fixed_epochs`` the last epoch's."""
     model, _ = ckpt.load_model(run_dir)
     if fixed_epochs:
         load_last_weights(run_dir, model)
@@ -61,11 +80,16 @@ def finetuned_model(run_dir: Path, fixed_epochs: int | None):
 
 
 def run(folder: Path, out: Path, weight: float, order: int | None, sample: float, ranks, methods,
-        kernel: str = "s4d", seeds=None, fixed_epochs: int | None = None) -> list[dict]:
+        kernel: str = "s4d", seeds=None, fixed_epochs: int | None = None, select_rank: int | None = None,
+        horizon: str = "auto") -> list[dict]:
     folder, out = Path(folder), Path(out)
     if not (folder / "experiment.json").is_file():
         raise FileNotFoundError(f"{folder} holds no experiment.json; expected an `ssmcompress experiment` folder.")
     exp = ckpt.read_json(folder / "experiment.json")
+    if horizon == "finite" and exp.get("horizon", "auto") not in ("auto", "finite"):
+        raise ValueError(f"hankel_horizon 'finite' penalises the values of the sequence-length Gramians, but "
+                         f"{folder} reduces with horizon {exp.get('horizon')!r}; expected an experiment whose "
+                         "reductions use the sequence length ('auto' or 'finite').")
     data = load_dataset(exp["data"], **exp.get("data_options", {}))
     splits = {s: data.split(s) for s in ("val", "test")}
     rows = []
@@ -77,8 +101,8 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
         if any(not (p / "summary.json").is_file() for p in need):
             print(f"seed {seed}: original or original-continued unfinished, skipped", file=sys.stderr)
             continue
-        tcfg = finetune_config(exp, seed, weight, order, sample, fixed_epochs)
-        run_dir = out / (f"w{weight:g}" + (f"_e{fixed_epochs}" if fixed_epochs else "")) / f"seed{seed}"
+        tcfg = finetune_config(exp, seed, weight, order, sample, fixed_epochs, select_rank, horizon)
+        run_dir = out / run_name(weight, fixed_epochs, select_rank, horizon) / f"seed{seed}"
         pre = seed_dir / "original"
         check_run_settings(run_dir, tcfg, init_from=pre)
         summ = _train_run(run_dir, lambda: ckpt.load_model(pre)[0], tcfg, data,
@@ -93,7 +117,8 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
                                       refit=exp.get("refit"))
             comp = {s: evaluate(small, *splits[s], task=data.task)["accuracy"] for s in splits}
             rows.append({"seed": seed, "weight": weight, "order": order, "sample": sample, "rank": r,
-                         "fixed_epochs": fixed_epochs,
+                         "fixed_epochs": fixed_epochs, "select_rank": select_rank, "hankel_horizon": horizon,
+                         "best_epoch": summ.get("best_epoch"),
                          "method": method, "epochs": summ["epochs"], "stopped_early": summ.get("stopped_early"),
                          "state_dims": list(small.state_dims),
                          "parameters": sum(t.numel() for t in small.parameters()),
@@ -121,12 +146,16 @@ def report(rows, folder, kernel) -> str:
     par = sorted(first.values(), key=lambda r: r["seed"])
     w = rows[0]
     lines = [f"# Hankel-penalised fine-tuning of `{folder}` ({kernel}), then compression without retraining", "",
-             f"Penalty weight {w['weight']:g} on the Hankel singular values beyond order {w['order']}, "
-             f"{w['sample']:g} of the channels per step; seeds {[r['seed'] for r in par]}; fine-tuning epochs "
+             f"Penalty weight {w['weight']:g} on the Hankel singular values beyond order {w['order']} "
+             + ("(Gramians over the sequence length), " if w.get("hankel_horizon") == "finite" else
+                "(infinite-horizon Gramians), ")
+             + f"{w['sample']:g} of the channels per step; seeds {[r['seed'] for r in par]}; fine-tuning epochs "
              f"{[r['epochs'] for r in par]} "
              + (f"(fixed, no early stopping; the last epoch's model). " if w.get("fixed_epochs") else
-                f"(stopped on validation: {sum(bool(r['stopped_early']) for r in par)}/{len(par)}; the best "
-                "validation epoch's model). ")
+                f"(stopped on validation: {sum(bool(r['stopped_early']) for r in par)}/{len(par)}; the epoch kept "
+                + (f"is the one whose model reduced by BT to order {w['select_rank']} scored best on validation, "
+                   f"epochs {[r.get('best_epoch') for r in par]}). " if w.get("select_rank") else
+                   "is the best validation epoch's). "))
              + "Differences are paired over seeds, in points, with the paired t-test p.", "",
              "| N models | test | minus original | minus original trained on (`original-continued`) |",
              "|---|---|---|---|",
@@ -168,13 +197,18 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-epochs", type=int, default=None, metavar="E",
                    help="fine-tune exactly E epochs without early stopping and use the last epoch's model (default: "
                         "original-continued's cap and patience, the best validation epoch's model)")
+    p.add_argument("--select-rank", type=int, default=None, metavar="r",
+                   help="keep (and stop on) the epoch whose model reduced by BT to real order r scores best on "
+                        "validation, as `train --select-rank` (default: the full model's score)")
+    p.add_argument("--hankel-horizon", choices=("auto", "finite"), default="auto",
+                   help="Gramians of the penalty, as `train --hankel-horizon` (default auto)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
         seeds = None if a.seeds is None else [int(s) for s in a.seeds.split(",")]
         ranks = [int(r) for r in a.ranks.split(",")]
         rows = run(Path(a.folder), Path(a.out), a.weight, a.order, a.sample, ranks, a.methods.split(","),
-                   a.kernel, seeds, a.fixed_epochs)
+                   a.kernel, seeds, a.fixed_epochs, a.select_rank, a.hankel_horizon)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
     print(report(rows, a.folder, a.kernel))

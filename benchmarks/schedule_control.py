@@ -29,7 +29,8 @@ import torch
 
 from ssmcompress import checkpoint as ckpt
 from ssmcompress.data import load_dataset
-from ssmcompress.experiment import _train_run, check_run_settings, holm, in_training_epochs, paired_comparison
+from ssmcompress.experiment import (_train_run, check_run_settings, holm, in_training_schedule,
+                                    paired_comparison)
 from ssmcompress.nn import SequenceModel
 from ssmcompress.train import TrainConfig
 
@@ -42,8 +43,7 @@ def control_config(exp: dict, seed: int) -> TrainConfig:
     if not train.get("patience"):
         raise ValueError("the experiment trains without early stopping (patience 0), so its in-training run and "
                          "the parent have the same schedule rule; there is nothing for this control to separate.")
-    return TrainConfig(**{**train, "epochs": exp["epochs"] + main_epochs, "seed": seed,
-                          "min_epochs": in_training_epochs(exp["epochs"])[-1] + 1})
+    return in_training_schedule(train, exp["epochs"], main_epochs, seed)
 
 
 def run(folder: Path, out: Path, kernel: str = "s4d", seeds=None) -> list[dict]:

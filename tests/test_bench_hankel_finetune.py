@@ -30,6 +30,13 @@ def test_finetune_config_is_the_continued_run_plus_the_penalty():
     assert (fixed.epochs, fixed.patience, fixed.hankel_reg) == (6, 0, 0.5)
     with pytest.raises(ValueError, match="fixed_epochs=0 is invalid"):
         hf.finetune_config(exp, seed=0, weight=1, order=8, sample=1.0, fixed_epochs=0)
+    sel = hf.finetune_config(exp, seed=3, weight=0.5, order=8, sample=0.25, select_rank=8, horizon="finite")
+    assert (sel.select_rank, sel.hankel_horizon, sel.patience, sel.epochs) == (8, "finite", 4, 20)
+    assert (cfg.select_rank, cfg.hankel_horizon) == (None, "auto")
+    with pytest.raises(ValueError, match="fixed_epochs=6 and select_rank=8 were both given"):
+        hf.finetune_config(exp, seed=0, weight=1, order=8, sample=1.0, fixed_epochs=6, select_rank=8)
+    assert hf.run_name(0.3, select_rank=8, horizon="finite") == "w0.3_fin_sel8"
+    assert hf.run_name(1, fixed_epochs=8) == "w1_e8" and hf.run_name(0.5) == "w0.5"
 
 
 def test_finetune_then_compress_without_retraining(tmp_path, capsys, tiny_experiment):
@@ -97,3 +104,26 @@ def test_finetune_then_compress_without_retraining(tmp_path, capsys, tiny_experi
     small, _ = compress_model(last, method="bt", rank=2)
     assert row["test_compressed"] == evaluate(small, *data.split("test"), task=data.task)["accuracy"]
     assert "the last epoch's model" in capsys.readouterr().out
+    # --select-rank with the finite-horizon penalty: train --select-rank's settings, and the model kept is the
+    # epoch whose reduction to that order scored best on validation
+    capsys.readouterr()
+    hf.main([str(exp), "--weight", "0.1", "--order", "2", "--ranks", "2", "--seeds", "0", "--select-rank", "2",
+             "--hankel-horizon", "finite", "--out", str(out)])
+    run = out / "w0.1_fin_sel2" / "seed0"
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert (cfg["select_rank"], cfg["hankel_horizon"], cfg["hankel_reg"]) == (2, "finite", 0.1)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [m for m in metrics if "val_accuracy_reduced" in m]
+    row = json.loads((out / "hankel_finetune.json").read_text())[0]
+    assert (row["select_rank"], row["hankel_horizon"]) == (2, "finite")
+    best = max(scored, key=lambda m: m["val_accuracy_reduced"])
+    assert row["best_epoch"] == best["epoch"]
+    model = hf.finetuned_model(run, None)
+    small, _ = compress_model(model, method="bt", rank=2)
+    assert row["val_compressed"] == pytest.approx(best["val_accuracy_reduced"], abs=1e-12)
+    assert row["test_compressed"] == evaluate(small, *data.split("test"), task=data.task)["accuracy"]
+    text = capsys.readouterr().out
+    assert "Gramians over the sequence length" in text and "reduced by BT to order 2 scored best" in text
+    with pytest.raises(SystemExit):
+        hf.main([str(exp), "--weight", "0.1", "--select-rank", "2", "--fixed-epochs", "3", "--out", str(out)])
+    assert "were both given" in capsys.readouterr().err

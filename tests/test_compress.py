@@ -278,6 +278,45 @@ def test_experiment_runs_the_further_reductions_at_equal_size(tmp_path, capsys):
     assert next(r for r in rows if r["method"] == "in-training")["max_epochs"] == 4      # epochs + main epochs
 
 
+def test_experiment_in_training_has_an_equal_size_control_on_its_schedule(tmp_path, capsys):
+    """legs-schedule: a fresh size-r Skew-HiPPO model with in-training's cap and its no-stop floor (the epoch after
+    the last reduction); in-training is compared with it, and it is not itself compared with legs / legs-budget."""
+    out = tmp_path / "exp"
+    rows = _small_experiment(out, capsys, "legs,legs-budget,in-training,legs-schedule", 8, 3, 1,
+                             extra=("--patience", "1", "--seeds", "2"))
+    assert {r["method"] for r in rows} == {"original", "legs", "legs-budget", "in-training", "legs-schedule"}
+    assert {r["seed"] for r in rows} == {0, 1}
+    ctrl = json.loads((out / "s4d" / "seed0" / "r4" / "legs-schedule" / "config.json").read_text())
+    intr = json.loads((out / "s4d" / "seed0" / "r4" / "in-training" / "config.json").read_text())
+    assert (ctrl["train"]["epochs"], ctrl["train"]["min_epochs"], ctrl["train"]["patience"]) == (4, 4, 1)
+    assert ctrl["train"]["reduce_at"] == [] and intr["train"]["reduce_at"] == [1, 2, 3]
+    same = ("lr", "ssm_lr", "weight_decay", "warmup", "batch_size", "seed", "epochs", "patience")
+    assert {k: ctrl["train"][k] for k in same} == {k: intr["train"][k] for k in same}
+    assert ctrl["model"]["init"] == "legs" and ctrl["model"]["state_dim"] == 4
+    by = {r["method"]: r for r in rows if r["seed"] == 0}
+    assert by["legs-schedule"]["state_dims"] == by["in-training"]["state_dims"] == [4]
+    assert by["legs-schedule"]["params"] == by["in-training"]["params"] == by["legs"]["params"]
+    comps = json.loads((out / "summary.json").read_text())["comparisons"]
+    pairs = {(c["method"], c["reference"]) for c in comps}
+    assert ("in-training", "legs-schedule") in pairs and ("in-training", "legs-budget") in pairs
+    assert not any(m == "legs-schedule" for m, _ in pairs)
+    c = next(c for c in comps if c["reference"] == "legs-schedule")
+    assert c["same_size"] and c["n"] == 2 and c["t_p"] is not None and c["family"] == 1
+    assert c["holm_p"] == c["holm_p_ranks"] == c["t_p"]
+    acc = lambda m: [r["test_accuracy"] for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == m]
+    assert c["mean_diff"] == pytest.approx(np.mean(np.subtract(acc("in-training"), acc("legs-schedule"))))
+    # the control adds no test to the families against legs / legs-budget
+    against_budget = [x for x in comps if x["reference"] == "legs-budget"]
+    assert sorted(x["method"] for x in against_budget) == ["in-training", "legs"]
+    assert all(x["family"] == 2 for x in against_budget)
+    assert "Skew-HiPPO, in-training's schedule" in (out / "report.md").read_text()
+    # without early stopping there is no floor: the control trains the whole cap, as in-training does
+    cfg = exp_mod.in_training_schedule({"patience": 0, "lr": 0.01}, 60, 40, seed=3)
+    assert (cfg.epochs, cfg.min_epochs, cfg.seed) == (100, 0, 3)
+    cfg = exp_mod.in_training_schedule({"patience": 4}, 60, 40, seed=0)
+    assert (cfg.epochs, cfg.min_epochs) == (100, 61)
+
+
 def test_experiment_layer_adaptive_methods_match_the_total_size(tmp_path, capsys):
     """bt-adaptive and last split layers x r/2 stored modes between the layers by one global threshold:
     per-layer sizes may differ from the uniform r, parameter counts and the total state may not."""

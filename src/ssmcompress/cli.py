@@ -17,7 +17,7 @@ KERNELS = ("s4d", "bilinear", "dss-exp", "dss-softmax")
 METHOD_NAMES = ("bt", "bt-noretrain", "modal", "modal-noretrain", "legs", "lin", "legs-budget", "warmstart",
                 "original-continued", "bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
                 "bt-adaptive", "bt-adaptive-noretrain", "last", "last-noretrain",
-                "hankel-bt", "hankel-bt-noretrain", "in-training")
+                "hankel-bt", "hankel-bt-noretrain", "in-training", "legs-schedule")
 DEFAULT_METHODS = METHOD_NAMES[:9]
 REDUCTIONS = ("bt", "bsp", "h2", "modal", "modal-hinf")      # compress.METHODS, without importing torch for --help
 INITS = ("legs", "lin", "inv", "real", "random")

@@ -18,6 +18,11 @@ plus ``original`` (the pre-trained N model) and ``original-continued`` (the N mo
 ``main_epochs`` more).  Every sub-run is a run folder under ``out``; a finished one
 (``summary.json``) is skipped on a rerun and an interrupted one resumes.  Every method is
 compared with ``legs`` and ``legs-budget`` seed by seed (paired t-test, Wilcoxon signed-rank).
+
+The further methods of ``EXTRA_METHODS`` are chosen with ``methods``.  One of them is a control:
+``legs-schedule``, a fresh size-r Skew-HiPPO model on the schedule of ``in-training`` (cap ``epochs +
+main_epochs``, no early stop before the epoch after in-training's last reduction), which in-training is also
+compared with, so that its longer forced training is not counted as a gain of the reductions.
 """
 from __future__ import annotations
 
@@ -45,10 +50,12 @@ METHODS = RANKED_METHODS + ("original-continued",)
 #: further reductions (``compress.METHODS``), each with and without main training; chosen with --methods
 EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "modal-hinf-noretrain",
                  "bt-adaptive", "bt-adaptive-noretrain", "last", "last-noretrain",
-                 "hankel-bt", "hankel-bt-noretrain", "in-training")
+                 "hankel-bt", "hankel-bt-noretrain", "in-training", "legs-schedule")
 ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
+#: controls matched to one method's schedule: compared with that method only, not themselves with REFERENCES
+MATCHED_CONTROLS = {"in-training": "legs-schedule"}
 #: the N-model rows: parents and references, never compared as compressed methods
 _ORIGINALS = ("original", "original-continued", "original-hankel")
 
@@ -63,7 +70,8 @@ def parent_of(method: str) -> str:
 ADAPTIVE = {"bt-adaptive": "bt", "last": "modal-hinf"}
 #: experiment method -> reduction (compress.METHODS) of a pre-trained model
 _COMPRESSED = {m: ADAPTIVE.get(m.replace("-noretrain", ""), m.replace("-noretrain", "").replace("hankel-", ""))
-               for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS if m != "in-training"}
+               for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS
+               if m not in ("in-training", "legs-schedule")}
 LABELS = {
     "original": "original (N, pre-trained)",
     "original-continued": "original, trained on (N)",
@@ -88,6 +96,7 @@ LABELS = {
     "hankel-bt": "Hankel-regularised pre-training, BT + main training",
     "hankel-bt-noretrain": "Hankel-regularised pre-training, BT, no retraining",
     "in-training": "in-training BT reduction (N -> r in 3 steps)",
+    "legs-schedule": "Skew-HiPPO, in-training's schedule",
     "original-hankel": "original, Hankel-regularised pre-training (N)",
 }
 
@@ -217,6 +226,15 @@ def in_training_epochs(epochs: int) -> list[int]:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} is invalid; expected a positive integer.")
     return sorted({max(1, math.ceil(epochs * k / 3)) for k in (1, 2, 3)})
+
+
+def in_training_schedule(train: dict, epochs: int, main_epochs: int, seed: int, **extra) -> TrainConfig:
+    """The schedule of the ``in-training`` run (cap ``epochs + main_epochs``, one warmup + cosine over it) for a
+    run without reductions: early stopping (``train['patience']``) acts only from the epoch after in-training's
+    last reduction on (``min_epochs``), as it does for in-training.  ``legs-schedule`` (a fresh size-r model)
+    and ``benchmarks/schedule_control.py`` (the N model) train with it."""
+    floor = in_training_epochs(epochs)[-1] + 1 if train.get("patience") else 0
+    return TrainConfig(**{**train, "epochs": epochs + main_epochs, "seed": seed, "min_epochs": floor, **extra})
 
 
 def _job_list(cfg: ExperimentConfig) -> list[tuple]:
@@ -560,6 +578,10 @@ def _one_job(cfg, out, data, base, run_cfg, main_epochs, kernel, seed, kind, r, 
         summ = run(folder, lambda: ckpt.load_model(comp)[0], tc(main_epochs), {"init_from": str(comp)})
         return _row(kind, kernel, r, seed, True, summ, folder, rank=r)
     folder = seed_dir / f"r{r}" / kind
+    if kind == "legs-schedule":
+        summ = run(folder, lambda: SequenceModel(**kw(r, "legs")),
+                   in_training_schedule(cfg.train, cfg.epochs, main_epochs, seed))
+        return _row(kind, kernel, r, seed, True, summ, folder, rank=r)
     if kind == "warmstart":
         make = lambda: _warm_start(pre, kw(r, "legs"))
         extra = {"init_from": str(pre), "warm_start": "non-SSM weights"}
@@ -644,15 +666,21 @@ def _same_size(a: dict, b: dict, adaptive: bool = False) -> bool:
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
-    """Every method against ``legs`` and ``legs-budget`` at the same kernel and rank, paired by seed."""
+    """Every method against ``legs`` and ``legs-budget`` at the same kernel and rank, paired by seed; a method
+    with a control matched to its schedule (``MATCHED_CONTROLS``: ``in-training`` and ``legs-schedule``) also
+    against that control, which is not itself compared with ``legs`` and ``legs-budget`` (it adds no test to
+    their Holm families)."""
     by = {}
     for r in rows:
         by.setdefault((r.get("kernel", "s4d"), r["method"], r["state_dim"]), {})[r["seed"]] = r
     out = []
+    matched = set(MATCHED_CONTROLS.values())
     for (kernel, method, n), seeds in sorted(by.items()):
         if method in _ORIGINALS:
             continue
-        for ref in REFERENCES:
+        refs = (() if method in matched else REFERENCES) + ((MATCHED_CONTROLS[method],)
+                                                            if method in MATCHED_CONTROLS else ())
+        for ref in refs:
             if method == ref or (kernel, ref, n) not in by:
                 continue
             other = by[(kernel, ref, n)]
