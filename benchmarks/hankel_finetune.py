@@ -65,7 +65,8 @@ def finetune_config(exp: dict, seed: int, weight: float, order: int | None, samp
 
 def run_name(weight: float, fixed_epochs: int | None = None, select_rank: int | None = None,
              horizon: str = "auto") -> str:
-    """The fine-tuning runs' folder under ``--out``: one per setting, so that runs of other settings never meet."""
+    """The fine-tuning runs' folder under ``--out``, one per weight, epoch rule and horizon (a folder holding a run
+    of another order or channel share is refused by ``check_run_settings``)."""
     return (f"w{weight:g}" + (f"_e{fixed_epochs}" if fixed_epochs else "")
             + ("_fin" if horizon == "finite" else "") + (f"_sel{select_rank}" if select_rank else ""))
 
@@ -86,6 +87,14 @@ def run(folder: Path, out: Path, weight: float, order: int | None, sample: float
     if not (folder / "experiment.json").is_file():
         raise FileNotFoundError(f"{folder} holds no experiment.json; expected an `ssmcompress experiment` folder.")
     exp = ckpt.read_json(folder / "experiment.json")
+    if select_rank is not None and (isinstance(select_rank, bool) or not isinstance(select_rank, int)
+                                    or select_rank < 2 or select_rank % 2 or select_rank >= exp["state_dim"]):
+        raise ValueError(f"select_rank={select_rank!r} is invalid; expected an even real order in [2, "
+                         f"{exp['state_dim'] - 2}] (below the experiment's N = {exp['state_dim']}).")
+    if select_rank is not None and (exp.get("horizon", "auto") != "auto" or exp.get("refit") is not None):
+        raise ValueError(f"select_rank chooses the epoch by BT with compress's defaults, but {folder} reduces with "
+                         f"horizon {exp.get('horizon')!r} and refit {exp.get('refit')!r}; the kept epoch would be "
+                         "chosen on another reduction than the one reported: leave --select-rank out.")
     if horizon == "finite" and exp.get("horizon", "auto") not in ("auto", "finite"):
         raise ValueError(f"hankel_horizon 'finite' penalises the values of the sequence-length Gramians, but "
                          f"{folder} reduces with horizon {exp.get('horizon')!r}; expected an experiment whose "
@@ -148,7 +157,7 @@ def report(rows, folder, kernel) -> str:
     lines = [f"# Hankel-penalised fine-tuning of `{folder}` ({kernel}), then compression without retraining", "",
              f"Penalty weight {w['weight']:g} on the Hankel singular values beyond order {w['order']} "
              + ("(Gramians over the sequence length), " if w.get("hankel_horizon") == "finite" else
-                "(infinite-horizon Gramians), ")
+                "(auto: infinite-horizon Gramians for stable layers), ")
              + f"{w['sample']:g} of the channels per step; seeds {[r['seed'] for r in par]}; fine-tuning epochs "
              f"{[r['epochs'] for r in par]} "
              + (f"(fixed, no early stopping; the last epoch's model). " if w.get("fixed_epochs") else

@@ -8,7 +8,8 @@ The parent it is compared with (``original``, then ``original-continued``) inste
 the learning rate still high and restarts its schedule.  So the two differ in the schedule as well as in the
 reductions.  This script trains, per seed, the control that differs only in the reductions: the same N-state
 model from Skew-HiPPO (same seed, same initial weights), the same settings and cap, early stopping not
-before the epoch after the last reduction (``train --min-epochs``), and no reduction.  It then compares,
+before the first epoch at which in-training can stop (the epoch after its last reduction plus the patience,
+``train --min-epochs``), and no reduction.  It then compares,
 paired over seeds, every ``in-training`` rank, ``original`` and ``original-continued`` with that control.
 
 The control has N states and the in-training models r: this is a diagnostic of where a gain comes from, not
@@ -37,7 +38,7 @@ from ssmcompress.train import TrainConfig
 
 def control_config(exp: dict, seed: int) -> TrainConfig:
     """The in-training run's TrainConfig for ``seed`` of the experiment settings ``exp``, without reductions:
-    the same cap and schedule, early stopping from the epoch after the last reduction on."""
+    the same cap and schedule, early stopping from the first epoch at which in-training can stop on."""
     main_epochs = exp.get("main_epochs") or exp["epochs"]
     train = dict(exp["train"])
     if not train.get("patience"):
@@ -91,7 +92,7 @@ def report(rows: list[dict], ranks, folder, kernel: str, min_epochs: int, cap: i
     mean = lambda v: sum(v) / len(v)
     lines = [f"# Schedule control for in-training reduction: `{folder}`, kernel {kernel}", "",
              f"Control: N = {state_dim} from Skew-HiPPO per seed, cap {cap} epochs (warmup + cosine over all of them), early "
-             f"stopping not before epoch {min_epochs} (the epoch after in-training's last reduction), no reduction. "
+             f"stopping not before epoch {min_epochs} (the first epoch at which in-training can stop), no reduction. "
              f"Seeds {[r['seed'] for r in rows]}; control epochs {[r['control_epochs'] for r in rows]}, best epochs "
              f"{[r['control_best_epoch'] for r in rows]}. The control has N states: a diagnostic, not an equal-size "
              "comparison.", "",

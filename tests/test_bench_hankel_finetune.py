@@ -127,3 +127,12 @@ def test_finetune_then_compress_without_retraining(tmp_path, capsys, tiny_experi
     with pytest.raises(SystemExit):
         hf.main([str(exp), "--weight", "0.1", "--select-rank", "2", "--fixed-epochs", "3", "--out", str(out)])
     assert "were both given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        hf.main([str(exp), "--weight", "0.1", "--select-rank", "8", "--out", str(out)])
+    assert "select_rank=8 is invalid; expected an even real order in [2, 6]" in capsys.readouterr().err
+    expj = json.loads((exp / "experiment.json").read_text())
+    (exp / "experiment.json").write_text(json.dumps({**expj, "refit": False}))
+    with pytest.raises(SystemExit):
+        hf.main([str(exp), "--weight", "0.1", "--select-rank", "2", "--out", str(out)])
+    assert "chosen on another reduction than the one reported" in capsys.readouterr().err
+    (exp / "experiment.json").write_text(json.dumps(expj))

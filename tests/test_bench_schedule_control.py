@@ -20,7 +20,7 @@ def test_in_training_epochs_and_the_control_schedule():
         in_training_epochs(0)
     exp = {"epochs": 40, "main_epochs": 40, "train": {"patience": 4, "lr": 0.01}}
     cfg = sc.control_config(exp, seed=3)
-    assert (cfg.epochs, cfg.min_epochs, cfg.patience, cfg.seed, cfg.reduce_to, cfg.lr) == (80, 41, 4, 3, None, 0.01)
+    assert (cfg.epochs, cfg.min_epochs, cfg.patience, cfg.seed, cfg.reduce_to, cfg.lr) == (80, 45, 4, 3, None, 0.01)
     with pytest.raises(ValueError, match="patience 0"):
         sc.control_config({**exp, "train": {"patience": 0}}, seed=0)
 
@@ -38,8 +38,8 @@ def test_control_is_the_in_training_run_without_reductions(tmp_path, capsys, tin
         # the same settings as the in-training run but the reductions, plus the floor of early stopping
         same = {k: v for k, v in intr["train"].items() if k not in ("reduce_to", "reduce_at", "min_epochs")}
         assert {k: cfg["train"][k] for k in same} == same
-        assert cfg["train"]["reduce_to"] is None and cfg["train"]["min_epochs"] == 4
-        assert cfg["model"]["state_dim"] in (8, [8]) and r["control_epochs"] >= 4
+        assert cfg["train"]["reduce_to"] is None and cfg["train"]["min_epochs"] == 5
+        assert cfg["model"]["state_dim"] in (8, [8]) and r["control_epochs"] == 5
     # the table's differences are the paired comparisons of the runs' test accuracies
     c = paired_comparison([100 * r["in_training_r2_test"] for r in rows], [100 * r["control_test"] for r in rows])
     assert f"| in-training, r = 2 | " in text and f"| {c['mean_diff']:+.2f} |" in text

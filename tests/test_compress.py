@@ -314,7 +314,7 @@ def test_experiment_in_training_has_an_equal_size_control_on_its_schedule(tmp_pa
     cfg = exp_mod.in_training_schedule({"patience": 0, "lr": 0.01}, 60, 40, seed=3)
     assert (cfg.epochs, cfg.min_epochs, cfg.seed) == (100, 0, 3)
     cfg = exp_mod.in_training_schedule({"patience": 4}, 60, 40, seed=0)
-    assert (cfg.epochs, cfg.min_epochs) == (100, 61)
+    assert (cfg.epochs, cfg.min_epochs) == (100, 65)
 
 
 def test_experiment_layer_adaptive_methods_match_the_total_size(tmp_path, capsys):

@@ -138,3 +138,28 @@ def test_select_rank_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert want in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_the_schedule_controls_floor_is_the_first_epoch_in_training_can_stop(tmp_path, monkeypatch):
+    """in_training_schedule holds early stopping off until the first epoch at which in-training itself can stop:
+    its last reduction (after epoch L) restarts the best tracking, so patience p stops it at L + 1 + p at the
+    earliest.  With a validation score that never improves, both runs stop exactly there."""
+    import ssmcompress.train as train_mod
+    from ssmcompress.data import load_dataset
+    from ssmcompress.experiment import in_training_schedule
+    from ssmcompress.nn import SequenceModel
+
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5})
+    data = load_dataset("digits")
+    common = {"batch_size": 256, "patience": 2}
+    intr = TrainConfig(**common, epochs=10, seed=0, reduce_to=4, reduce_at=[1, 2, 3])
+    ctrl = in_training_schedule(common, 3, 7, seed=0)
+    assert (ctrl.epochs, ctrl.min_epochs, ctrl.reduce_at) == (10, 6, [])
+    make = lambda: SequenceModel(**data.model_shape(), d_model=4, layers=1, state_dim=16)
+    ran = {name: train_mod.train(make(), data, cfg, tmp_path / name, progress=False)
+           for name, cfg in (("in-training", intr), ("control", ctrl))}
+    assert [ran[n]["epochs"] for n in ran] == [6, 6]
+    assert ran["in-training"]["best_epoch"] == 4 and ran["control"]["best_epoch"] == 1
+    # the floor never exceeds the cap, and without early stopping there is none
+    assert in_training_schedule({"patience": 9}, 3, 2, seed=0).min_epochs == 5
+    assert in_training_schedule({"patience": 0}, 3, 2, seed=0).min_epochs == 0

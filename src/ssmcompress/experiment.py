@@ -21,8 +21,9 @@ compared with ``legs`` and ``legs-budget`` seed by seed (paired t-test, Wilcoxon
 
 The further methods of ``EXTRA_METHODS`` are chosen with ``methods``.  One of them is a control:
 ``legs-schedule``, a fresh size-r Skew-HiPPO model on the schedule of ``in-training`` (cap ``epochs +
-main_epochs``, no early stop before the epoch after in-training's last reduction), which in-training is also
-compared with, so that its longer forced training is not counted as a gain of the reductions.
+main_epochs``, no early stop before the first epoch at which in-training can stop), which in-training is also
+compared with, so that its longer forced training is not counted as a gain of the reductions; it is the one
+method not compared with ``legs`` and ``legs-budget``.
 """
 from __future__ import annotations
 
@@ -230,11 +231,14 @@ def in_training_epochs(epochs: int) -> list[int]:
 
 def in_training_schedule(train: dict, epochs: int, main_epochs: int, seed: int, **extra) -> TrainConfig:
     """The schedule of the ``in-training`` run (cap ``epochs + main_epochs``, one warmup + cosine over it) for a
-    run without reductions: early stopping (``train['patience']``) acts only from the epoch after in-training's
-    last reduction on (``min_epochs``), as it does for in-training.  ``legs-schedule`` (a fresh size-r model)
-    and ``benchmarks/schedule_control.py`` (the N model) train with it."""
-    floor = in_training_epochs(epochs)[-1] + 1 if train.get("patience") else 0
-    return TrainConfig(**{**train, "epochs": epochs + main_epochs, "seed": seed, "min_epochs": floor, **extra})
+    run without reductions, with early stopping (``train['patience']``) held off (``min_epochs``) until the first
+    epoch at which in-training itself can stop.  In-training's last reduction, after epoch L, restarts its best
+    tracking; epoch L + 1 is then its new best, so patience p stops it at epoch L + 1 + p at the earliest (or at
+    the cap).  ``legs-schedule`` (a fresh size-r model) and ``benchmarks/schedule_control.py`` (the N model)
+    train with it."""
+    cap, patience = epochs + main_epochs, train.get("patience") or 0
+    floor = min(in_training_epochs(epochs)[-1] + 1 + patience, cap) if patience else 0
+    return TrainConfig(**{**train, "epochs": cap, "seed": seed, "min_epochs": floor, **extra})
 
 
 def _job_list(cfg: ExperimentConfig) -> list[tuple]:
