@@ -284,7 +284,9 @@ def test_experiment_in_training_has_an_equal_size_control_on_its_schedule(tmp_pa
     out = tmp_path / "exp"
     rows = _small_experiment(out, capsys, "legs,legs-budget,in-training,legs-schedule", 8, 3, 1,
                              extra=("--patience", "1", "--seeds", "2"))
-    assert {r["method"] for r in rows} == {"original", "legs", "legs-budget", "in-training", "legs-schedule"}
+    # fresh models only: no N model is trained
+    assert {r["method"] for r in rows} == {"legs", "legs-budget", "in-training", "legs-schedule"}
+    assert not (out / "s4d" / "seed0" / "original").exists()
     assert {r["seed"] for r in rows} == {0, 1}
     ctrl = json.loads((out / "s4d" / "seed0" / "r4" / "legs-schedule" / "config.json").read_text())
     intr = json.loads((out / "s4d" / "seed0" / "r4" / "in-training" / "config.json").read_text())
@@ -375,9 +377,11 @@ def test_experiment_report_only_reads_finished_sub_runs_and_lists_the_rest(tmp_p
     assert json.loads((out / "summary.json").read_text())["missing"] == ["s4d/seed0/r2/bt-compressed"]
     # nothing selected is finished: one sentence, exit 2
     capsys.readouterr()
-    assert main(base + ["--ranks", "4", "--seeds", "3,", "--methods", "legs", "--report-only"]) == 2
+    assert main(base + ["--ranks", "4", "--seeds", "3,", "--methods", "bt,legs", "--report-only"]) == 2
     err = capsys.readouterr().err
-    assert "none of the 2 selected sub-runs" in err and len(err.strip().splitlines()) == 1
+    assert "none of the 4 selected sub-runs" in err and len(err.strip().splitlines()) == 1
+    assert main(base + ["--ranks", "4", "--seeds", "3,", "--methods", "legs", "--report-only"]) == 2
+    assert "none of the 1 selected sub-run in" in capsys.readouterr().err      # a fresh model needs no original
 
 
 def test_experiment_report_includes_earlier_results_for_sub_runs_the_folder_lost(tmp_path, capsys, monkeypatch):

@@ -55,6 +55,8 @@ EXTRA_METHODS = ("bsp", "bsp-noretrain", "h2", "h2-noretrain", "modal-hinf", "mo
 ALL_METHODS = METHODS + EXTRA_METHODS
 #: the rows every method is compared with, seed by seed
 REFERENCES = ("legs", "legs-budget")
+#: methods that train a fresh size-r model: an experiment of these alone trains no N model (``original``)
+FRESH_METHODS = ("legs", "lin", "legs-budget", "in-training", "legs-schedule")
 #: controls matched to one method's schedule: compared with that method only, not themselves with REFERENCES
 MATCHED_CONTROLS = {"in-training": "legs-schedule"}
 #: the N-model rows: parents and references, never compared as compressed methods
@@ -242,11 +244,15 @@ def in_training_schedule(train: dict, epochs: int, main_epochs: int, seed: int, 
 
 
 def _job_list(cfg: ExperimentConfig) -> list[tuple]:
-    """(kernel, seed, kind, rank) in an order that respects dependencies."""
+    """(kernel, seed, kind, rank) in an order that respects dependencies.  The N model ``original`` is trained
+    unless every method is a fresh model (``FRESH_METHODS``): the reductions start from it, and ``hankel-bt``'s
+    rows are read against it (the target of compression without retraining)."""
     jobs = []
+    need_original = any(m not in FRESH_METHODS for m in cfg.methods)
     for k in cfg.kernels:
         for s in cfg.seeds:
-            jobs.append((k, s, "original", None))
+            if need_original:
+                jobs.append((k, s, "original", None))
             if any(m.startswith("hankel-bt") for m in cfg.methods):
                 jobs.append((k, s, "original-hankel", None))
             if "original-continued" in cfg.methods:
@@ -521,7 +527,8 @@ def run_experiment(cfg: ExperimentConfig, out, progress: bool = True, report_onl
     bar.close()
     if report_only:
         if not rows:
-            raise FileNotFoundError(f"none of the {len(jobs)} selected sub-runs in {out} is finished; nothing to report.")
+            raise FileNotFoundError(f"none of the {len(jobs)} selected sub-run{'s' if len(jobs) != 1 else ''} in {out} "
+                                    "is finished; nothing to report.")
         ckpt.write_json(out / "results.json", rows)
     write_report(cfg, out, rows, data, wall_s=None if report_only else time.perf_counter() - t0, missing=missing,
                  included=included_counts if include else None, rechecked=rechecked if include else None)
