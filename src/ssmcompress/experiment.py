@@ -73,8 +73,7 @@ def parent_of(method: str) -> str:
 ADAPTIVE = {"bt-adaptive": "bt", "last": "modal-hinf"}
 #: experiment method -> reduction (compress.METHODS) of a pre-trained model
 _COMPRESSED = {m: ADAPTIVE.get(m.replace("-noretrain", ""), m.replace("-noretrain", "").replace("hankel-", ""))
-               for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS
-               if m not in ("in-training", "legs-schedule")}
+               for m in ("bt", "bt-noretrain", "modal", "modal-noretrain") + EXTRA_METHODS if m not in FRESH_METHODS}
 LABELS = {
     "original": "original (N, pre-trained)",
     "original-continued": "original, trained on (N)",
